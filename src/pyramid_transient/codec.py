@@ -1,0 +1,197 @@
+"""The one safe encoding of every value pyramid_transient stores.
+
+JSON (UTF-8, compact), with tagged objects for what JSON lacks. A tagged object is a JSON
+object with exactly the keys ``"__t__"`` (the tag) and ``"v"`` (the payload):
+
+=============  ===================================================================
+tag            payload
+=============  ===================================================================
+``tuple``      list of items
+``set``        list of items
+``frozenset``  list of items
+``bytes``      base64 string
+``decimal``    string, ``str(Decimal)`` (``NaN``, ``Infinity`` included)
+``float``      ``"nan"``, ``"inf"`` or ``"-inf"`` (JSON has no such numbers)
+``datetime``   ISO 8601 string, with its UTC offset when aware
+``date``       ISO 8601 string
+``time``       ISO 8601 string, with its UTC offset when aware
+``timedelta``  ``[days, seconds, microseconds]``
+``uuid``       canonical hex string
+``dict``       list of ``[key, value]`` pairs: a dict with a non-string key, or one
+               whose keys include ``"__t__"`` (so user data never looks like a tag)
+=============  ===================================================================
+
+Supported values are ``None``, ``bool``, ``int``, ``float``, ``str`` and the types above,
+nested in ``list``, ``tuple``, ``dict``, ``set`` and ``frozenset`` (subclasses of ``str``,
+``int``, ``float``, ``list``, ``tuple`` and ``dict`` are stored as their base type). Any
+other value raises :class:`TypeError` naming the type, before anything is written.
+
+Decoding only builds these types: it never imports or calls anything named in the data.
+A payload that is not valid raises :class:`~pyramid_transient.exceptions.CodecError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import math
+import uuid
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from .exceptions import CodecError
+
+TAG = "__t__"
+VALUE = "v"
+
+#: Deepest nesting accepted; deeper structures are refused rather than overflowing the stack.
+MAX_DEPTH = 200
+
+__all__ = ["MAX_DEPTH", "TAG", "check", "decode", "encode"]
+
+
+def _tagged(tag: str, value: Any) -> dict[str, Any]:
+    return {TAG: tag, VALUE: value}
+
+
+def _to_json(value: Any, depth: int = 0) -> Any:
+    if depth > MAX_DEPTH:
+        raise TypeError(f"cannot store values nested deeper than {MAX_DEPTH} levels")
+    # bool before int: bool is an int subclass; exact types first for speed.
+    if value is None or value is True or value is False:
+        return value
+    cls = type(value)
+    if cls is str or cls is int:
+        return value
+    if cls is float:
+        return value if math.isfinite(value) else _tagged("float", repr(value))
+    if cls is list:
+        return [_to_json(v, depth + 1) for v in value]
+    if cls is dict:
+        return _dict_to_json(value, depth)
+    if cls is tuple:
+        return _tagged("tuple", [_to_json(v, depth + 1) for v in value])
+    if cls is set:
+        return _tagged("set", [_to_json(v, depth + 1) for v in value])
+    if cls is frozenset:
+        return _tagged("frozenset", [_to_json(v, depth + 1) for v in value])
+    if cls is bytes:
+        return _tagged("bytes", base64.b64encode(value).decode("ascii"))
+    if cls is Decimal:
+        return _tagged("decimal", str(value))
+    if cls is dt.datetime:
+        return _tagged("datetime", value.isoformat())
+    if cls is dt.date:
+        return _tagged("date", value.isoformat())
+    if cls is dt.time:
+        return _tagged("time", value.isoformat())
+    if cls is dt.timedelta:
+        return _tagged("timedelta", [value.days, value.seconds, value.microseconds])
+    if cls is uuid.UUID:
+        return _tagged("uuid", str(value))
+    # Subclasses of the JSON types are stored as their base type.
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return _to_json(float(value), depth)
+    if isinstance(value, tuple):
+        return _tagged("tuple", [_to_json(v, depth + 1) for v in value])
+    if isinstance(value, list):
+        return [_to_json(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return _dict_to_json(value, depth)
+    raise TypeError(
+        f"cannot store a value of type {cls.__module__}.{cls.__qualname__}: "
+        "pyramid_transient stores None, bool, int, float, str, bytes, Decimal, datetime, date, "
+        "time, timedelta, UUID and list/tuple/dict/set/frozenset of those"
+    )
+
+
+def _dict_to_json(value: dict[Any, Any], depth: int) -> Any:
+    if all(type(k) is str for k in value) and TAG not in value:
+        return {k: _to_json(v, depth + 1) for k, v in value.items()}
+    return _tagged("dict", [[_to_json(k, depth + 1), _to_json(v, depth + 1)] for k, v in value.items()])
+
+
+def check(value: Any) -> None:
+    """Raise :class:`TypeError` if ``value`` cannot be stored; write nothing."""
+    _to_json(value)
+
+
+def encode(value: Any) -> bytes:
+    """Encode ``value``; raises :class:`TypeError` for a value of an unsupported type."""
+    return json.dumps(
+        _to_json(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    ).encode("utf-8")
+
+
+def encode_str(value: Any) -> str:
+    """:func:`encode`, as text (for APIs that want ``str``)."""
+    return encode(value).decode("utf-8")
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):
+        raise CodecError("a dict key decoded to a list, which cannot be a key")
+    return value
+
+
+def _untag(obj: dict[str, Any]) -> Any:
+    if TAG not in obj:
+        return obj
+    if len(obj) != 2 or VALUE not in obj:
+        raise CodecError(f"malformed tagged value: {sorted(obj)!r}")
+    tag, v = obj[TAG], obj[VALUE]
+    try:
+        if tag == "tuple":
+            return tuple(v)
+        if tag == "set":
+            return {_hashable(x) for x in v}
+        if tag == "frozenset":
+            return frozenset(_hashable(x) for x in v)
+        if tag == "bytes":
+            return base64.b64decode(v.encode("ascii"), validate=True)
+        if tag == "decimal":
+            return Decimal(v)
+        if tag == "float":
+            if v not in ("nan", "inf", "-inf"):
+                raise CodecError(f"bad float payload {v!r}")
+            return float(v)
+        if tag == "datetime":
+            return dt.datetime.fromisoformat(v)
+        if tag == "date":
+            return dt.date.fromisoformat(v)
+        if tag == "time":
+            return dt.time.fromisoformat(v)
+        if tag == "timedelta":
+            days, seconds, micros = v
+            return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
+        if tag == "uuid":
+            return uuid.UUID(v)
+        if tag == "dict":
+            return {_hashable(k): val for k, val in v}
+    except CodecError:
+        raise
+    except (TypeError, ValueError, AttributeError, InvalidOperation, binascii.Error) as exc:
+        raise CodecError(f"malformed {tag!r} value: {exc}") from None
+    raise CodecError(f"unknown tag {tag!r}")
+
+
+def decode(data: bytes | str) -> Any:
+    """Decode a payload made by :func:`encode`; raises :class:`CodecError` if it is not one."""
+    try:
+        return json.loads(data, object_hook=_untag, parse_constant=_refuse_constant)
+    except CodecError:
+        raise
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise CodecError(f"not a pyramid_transient payload: {exc}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise CodecError(f"JSON constant {name} is not part of the encoding")

@@ -1,0 +1,415 @@
+"""The connection manager: named databases over standalone, Sentinel, Cluster or memory.
+
+One :class:`RedisManager` lives in the Pyramid registry. It maps names (``sessions``,
+``cache``, ``celery``, ...) to database numbers from ``transient.db.<name>``, and holds one
+client (one connection pool) per database, created on first use: nothing connects at
+configuration time. After ``fork`` the child builds its own pools, so it never reuses a
+socket of its parent.
+
+Failure behaviour is chosen rather than inherited from redis-py:
+
+* connect and socket timeouts default to half a second (``transient.socket_timeout``,
+  ``transient.socket_connect_timeout``), so a dead server fails a request quickly;
+* redis-py's own automatic retry is switched off, because re-sending a command whose reply
+  was lost applies it twice (an ``INCR`` counted twice). :class:`TransientRedis` retries
+  once, after a *connection* error only, and only commands that give the same result when
+  applied twice: reads and full-value writes (:data:`IDEMPOTENT_COMMANDS`). A timeout is
+  never retried: the command may have run, and waiting twice would double the latency.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, cast
+from urllib.parse import quote as urlquote
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from zope.interface import Interface
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .exceptions import ConfigurationError, UnknownDatabase
+from .keys import KeySpace
+from .settings import KNOWN_DATABASE_NAMES, TransientSettings, parse_settings
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "IDEMPOTENT_COMMANDS",
+    "IRedisManager",
+    "RedisManager",
+    "TransientRedis",
+    "current_manager",
+    "get_manager",
+    "get_redis",
+]
+
+#: Commands that :class:`TransientRedis` may send again after a connection error.
+IDEMPOTENT_COMMANDS = frozenset(
+    {
+        "GET", "MGET", "GETRANGE", "STRLEN", "EXISTS", "TYPE", "TTL", "PTTL",
+        "HGET", "HMGET", "HGETALL", "HKEYS", "HVALS", "HLEN", "HEXISTS", "HSTRLEN",
+        "SMEMBERS", "SISMEMBER", "SMISMEMBER", "SCARD",
+        "ZRANGE", "ZRANGEBYSCORE", "ZREVRANGE", "ZREVRANGEBYSCORE", "ZSCORE", "ZMSCORE",
+        "ZCARD", "ZCOUNT", "ZRANK", "LRANGE", "LLEN", "LINDEX",
+        "PING", "ECHO", "INFO", "DBSIZE", "TIME", "SCRIPT EXISTS",
+        # full-value writes: applying them twice leaves the same state and reply
+        "SETEX", "PSETEX", "MSET",
+    }
+)  # fmt: skip
+
+# SET is a full-value write unless an option makes its reply or effect depend on the
+# previous state (NX/XX/GET) or on the previous expiry (KEEPTTL).
+_SET_UNSAFE_OPTIONS = frozenset({b"NX", b"XX", b"GET", b"KEEPTTL"})
+
+_NO_RETRY = Retry(NoBackoff(), 0)
+
+
+def _is_idempotent(args: tuple[Any, ...]) -> bool:
+    name = str(args[0]).upper() if not isinstance(args[0], bytes) else args[0].decode().upper()
+    if name == "SET":
+        options = {a.upper() if isinstance(a, bytes) else str(a).upper().encode() for a in args[3:]}
+        return not (options & _SET_UNSAFE_OPTIONS)
+    return name in IDEMPOTENT_COMMANDS
+
+
+class TransientRedis(redis.Redis):
+    """A :class:`redis.Redis` that retries idempotent commands once after a connection error.
+
+    Everything else is redis-py's client, unchanged: pipelines, scripts, pub/sub, locks.
+    Pipelines and scripts are never retried.
+    """
+
+    retry_idempotent: bool = True
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        try:
+            return super().execute_command(*args, **options)
+        except redis.ConnectionError as exc:
+            if not self.retry_idempotent or not _is_idempotent(args):
+                raise
+            log.info("retrying %s once after a connection error: %s", args[0], exc)
+            return super().execute_command(*args, **options)
+
+
+class IRedisManager(Interface):  # type: ignore[misc]
+    """The registry utility interface of the :class:`RedisManager`."""
+
+
+def _memory_servers() -> dict[str, Any]:
+    # One embedded server per memory:// URL for the whole process, so every client of one
+    # URL (every manager, every thread) sees the same data, like clients of one real server.
+    return _MEMORY_SERVERS
+
+
+_MEMORY_SERVERS: dict[str, Any] = {}
+_MEMORY_LOCK = threading.Lock()
+
+
+def memory_server(url: str) -> Any:
+    """The process-wide fakeredis server behind a ``memory://`` URL."""
+    import fakeredis  # lazily: only the memory backend needs it
+
+    with _MEMORY_LOCK:
+        server = _MEMORY_SERVERS.get(url)
+        if server is None:
+            server = _MEMORY_SERVERS[url] = fakeredis.FakeServer(version=(7,))
+            log.warning(
+                "pyramid_transient is using the embedded memory backend (%s): data lives in "
+                "this process only; set transient.url to a Redis server for production",
+                url,
+            )
+        return server
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for logs and reprs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class RedisManager:
+    """Named databases and their clients, for one application.
+
+    Use :func:`get_redis` in Pyramid code; build one directly in scripts and workers::
+
+        manager = RedisManager.from_settings({"transient.url": "redis://localhost:6379",
+                                              "transient.db.celery": "3"})
+        manager.get("celery").ping()
+    """
+
+    def __init__(self, settings: TransientSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._clients: dict[int, redis.Redis] = {}
+        self._cluster: Any = None
+        self._sentinel: Any = None
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> RedisManager:
+        """Build a manager from raw ``transient.*`` settings (as in an ini file)."""
+        return cls(parse_settings(settings))
+
+    def __repr__(self) -> str:
+        where = {
+            "cluster": lambda: "cluster " + " ".join(f"{h}:{p}" for h, p in self.settings.cluster_nodes),
+            "sentinel": lambda: f"sentinel {self.settings.sentinel_service}",
+        }.get(self.mode, lambda: redact_url(self.settings.url))()
+        return f"<RedisManager {where} dbs={dict(self.settings.databases)}>"
+
+    # ------------------------------------------------------------------ names
+
+    @property
+    def mode(self) -> str:
+        """``"standalone"``, ``"sentinel"``, ``"cluster"`` or ``"memory"``."""
+        return self.settings.mode
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The configured names (``default`` first)."""
+        return tuple(self.settings.databases)
+
+    def resolve(self, name: str = "default") -> str:
+        """The configured name that serves ``name``: itself, or ``default`` for a known name.
+
+        Raises :class:`~pyramid_transient.exceptions.UnknownDatabase` for a name that is
+        neither configured nor one the capabilities use.
+        """
+        if name in self.settings.databases:
+            return name
+        if name in KNOWN_DATABASE_NAMES:
+            return "default"
+        configured = ", ".join(repr(n) for n in self.names)
+        raise UnknownDatabase(
+            f"no Redis database is named {name!r}; configured names are {configured} "
+            f"(add transient.db.{name} = <number> to the settings)",
+            name=name,
+        )
+
+    def db_number(self, name: str = "default") -> int:
+        """The database number behind ``name`` (always 0 on a Cluster)."""
+        if self.mode == "cluster":
+            return 0
+        return self.settings.databases[self.resolve(name)]
+
+    def namespace(self, name: str = "default") -> str:
+        """The key namespace of ``name``: the name on a Cluster (db 0 only), else empty."""
+        if self.mode != "cluster":
+            self.resolve(name)
+            return ""
+        return self.resolve(name)
+
+    def keyspace(self, capability: str, name: str | None = None) -> KeySpace:
+        """The :class:`~pyramid_transient.keys.KeySpace` of ``capability`` in database ``name``.
+
+        ``name`` defaults to the capability's own database name (``sessions``, ``cache``, ...).
+        """
+        return KeySpace(self.settings.key_prefix, capability, self.namespace(name or capability))
+
+    # ------------------------------------------------------------------ clients
+
+    def get(self, name: str = "default") -> redis.Redis:
+        """The client for database ``name`` (shared, thread-safe, created on first use)."""
+        db = self.db_number(name)
+        self._check_fork()
+        client = self._clients.get(db)
+        if client is None:
+            with self._lock:
+                client = self._clients.get(db)
+                if client is None:
+                    client = self._clients[db] = self._make_client(db)
+        return client
+
+    def _check_fork(self) -> None:
+        pid = os.getpid()
+        if pid != self._pid:
+            # A forked child must not share its parent's sockets: forget (without closing,
+            # which would disturb the parent's connections) and build anew on demand.
+            with self._lock:
+                if pid != self._pid:
+                    self._clients = {}
+                    self._cluster = None
+                    self._sentinel = None
+                    self._lock = threading.Lock()
+                    self._pid = pid
+
+    def _common_kwargs(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "socket_timeout": s.socket_timeout,
+            "socket_connect_timeout": s.socket_connect_timeout,
+            "health_check_interval": s.health_check_interval,
+            "retry": _NO_RETRY,
+        }
+
+    def _ssl_kwargs(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "ssl_ca_certs": s.ssl_ca_certs,
+            "ssl_certfile": s.ssl_certfile,
+            "ssl_keyfile": s.ssl_keyfile,
+            "ssl_cert_reqs": s.ssl_cert_reqs,
+            "ssl_check_hostname": s.ssl_check_hostname,
+        }
+
+    def _make_client(self, db: int) -> redis.Redis:
+        s = self.settings
+        mode = self.mode
+        client: redis.Redis
+        if mode == "cluster":
+            return cast(redis.Redis, self._make_cluster())
+        if mode == "sentinel":
+            client = self._make_sentinel().master_for(
+                s.sentinel_service,
+                redis_class=TransientRedis,
+                db=db,
+                max_connections=s.max_connections,
+                **self._common_kwargs(),
+            )
+        elif mode == "memory":
+            from fakeredis import FakeRedisConnection
+
+            pool = redis.ConnectionPool(
+                connection_class=FakeRedisConnection,
+                server=memory_server(s.url),
+                db=db,
+                max_connections=s.max_connections,
+            )
+            client = TransientRedis(connection_pool=pool)
+        else:
+            kwargs = self._common_kwargs()
+            if s.url.startswith("rediss:"):
+                kwargs.update(self._ssl_kwargs())
+            pool = redis.ConnectionPool.from_url(
+                s.url, db=db, max_connections=s.max_connections, **kwargs
+            )
+            client = TransientRedis(connection_pool=pool)
+        cast(TransientRedis, client).retry_idempotent = s.retry_idempotent
+        return client
+
+    def _make_sentinel(self) -> Any:
+        if self._sentinel is None:
+            from redis.sentinel import Sentinel
+
+            s = self.settings
+            sentinel_kwargs: dict[str, Any] = {
+                "socket_timeout": s.socket_timeout,
+                "socket_connect_timeout": s.socket_connect_timeout,
+            }
+            if s.sentinel_password:
+                sentinel_kwargs["password"] = s.sentinel_password
+            self._sentinel = Sentinel(list(s.sentinel_nodes), sentinel_kwargs=sentinel_kwargs)
+        return self._sentinel
+
+    def _make_cluster(self) -> Any:
+        if self._cluster is None:
+            from redis.cluster import ClusterNode, RedisCluster
+
+            s = self.settings
+            self._cluster = RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in s.cluster_nodes],
+                max_connections=s.max_connections,
+                socket_timeout=s.socket_timeout,
+                socket_connect_timeout=s.socket_connect_timeout,
+            )
+        return self._cluster
+
+    # ------------------------------------------------------------------ URLs
+
+    def url_for(self, name: str = "default") -> str:
+        """A URL with the database of ``name``, for tools such as Celery's broker setting.
+
+        The URL carries the password, as such tools need it; :func:`redact_url` it before
+        logging. On Sentinel the URL uses the ``sentinel://`` form Kombu understands; a
+        Cluster has no single URL and raises :class:`ConfigurationError`.
+        """
+        db = self.db_number(name)
+        s = self.settings
+        if self.mode == "cluster":
+            raise ConfigurationError(
+                "a Redis Cluster has no single URL; give the tool transient.cluster.nodes",
+                key="transient.cluster.nodes",
+                value=s.cluster_nodes,
+            )
+        if self.mode == "sentinel":
+            auth = f":{urlquote(s.sentinel_password, safe='')}@" if s.sentinel_password else ""
+            return ";".join(f"sentinel://{auth}{h}:{p}/{db}" for h, p in s.sentinel_nodes)
+        parts = urlsplit(s.url)
+        if parts.scheme == "memory":
+            return f"memory://{parts.netloc}/{db}"
+        if parts.scheme == "unix":
+            query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("db="))
+            return urlunsplit(parts._replace(query="&".join(filter(None, [query, f"db={db}"]))))
+        return urlunsplit(parts._replace(path=f"/{db}"))
+
+    def close(self) -> None:
+        """Disconnect every pool (the manager can still be used: it reconnects on demand)."""
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+                client.connection_pool.disconnect()
+            self._clients = {}
+            if self._cluster is not None:
+                self._cluster.close()
+                self._cluster = None
+
+
+# ---------------------------------------------------------------------- Pyramid glue
+
+
+def get_manager(request_or_registry: Any) -> RedisManager:
+    """The :class:`RedisManager` of the app, from a request or a registry."""
+    registry = getattr(request_or_registry, "registry", request_or_registry)
+    manager = registry.queryUtility(IRedisManager)
+    if manager is None:
+        raise ConfigurationError(
+            "pyramid_transient is not configured in this application: add "
+            "config.include('pyramid_transient') (or pyramid.includes = pyramid_transient)"
+        )
+    return cast(RedisManager, manager)
+
+
+def get_redis(request_or_registry: Any, name: str = "default") -> redis.Redis:
+    """The client for the named database, from a request or a registry."""
+    return get_manager(request_or_registry).get(name)
+
+
+def current_manager() -> RedisManager:
+    """The manager of the running app (Pyramid's current registry).
+
+    Used by capabilities created without an explicit client, e.g. at import time.
+    """
+    from pyramid.threadlocal import get_current_registry
+
+    return get_manager(get_current_registry())
+
+
+def _request_redis(request: Any) -> redis.Redis:
+    return get_redis(request)
+
+
+def include_manager(config: Any) -> None:
+    """Register the manager and ``request.redis`` (idempotent; capabilities call it too).
+
+    Settings are parsed here, so a bad ``transient.*`` value fails at startup; nothing
+    connects to Redis until a client is first used.
+    """
+    registry = config.registry
+    if registry.queryUtility(IRedisManager) is not None:
+        return
+    manager = RedisManager(parse_settings(config.get_settings()))
+    registry.registerUtility(manager, IRedisManager)
+    config.add_request_method(_request_redis, "redis", reify=True)
+
+
+includeme = include_manager

@@ -1,0 +1,78 @@
+"""Exceptions raised by pyramid_transient.
+
+Every error we raise derives from :class:`TransientError`. Where callers expect a
+built-in type as well, the exception carries both identities (:class:`NotFound` is a
+:class:`KeyError`, :class:`LockNotOwned` a :class:`ValueError`), as redis-py does for
+its ``LockError``.
+"""
+
+from __future__ import annotations
+
+from pyramid.exceptions import ConfigurationError as PyramidConfigurationError
+
+
+class TransientError(Exception):
+    """Base class of every error raised by pyramid_transient."""
+
+
+class ConfigurationError(TransientError, PyramidConfigurationError):
+    """A ``transient.*`` setting is missing, unknown or has a bad value."""
+
+    def __init__(self, message: str, *, key: str | None = None, value: object = None) -> None:
+        super().__init__(message)
+        #: The full setting name, e.g. ``"transient.db.cache"``, when one is at fault.
+        self.key = key
+        #: The raw value that was refused.
+        self.value = value
+
+    def __str__(self) -> str:  # Pyramid's ConfigurationError decorates str(); keep ours plain
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownDatabase(TransientError, LookupError):
+    """A named database was asked for that is neither mapped nor known."""
+
+    def __init__(self, message: str, *, name: str) -> None:
+        super().__init__(message)
+        #: The name that was asked for.
+        self.name = name
+
+
+class CodecError(TransientError, ValueError):
+    """A stored payload could not be decoded (corrupt, truncated or foreign)."""
+
+
+class LockError(TransientError):
+    """Base class of lock errors."""
+
+    def __init__(self, message: str, *, lock_name: str | None = None) -> None:
+        super().__init__(message)
+        #: The path or key of the lock concerned.
+        self.lock_name = lock_name
+
+
+class LockTimeout(LockError, TimeoutError):
+    """A lock could not be acquired within its ``blocking_timeout``."""
+
+
+class LockNotOwned(LockError, ValueError):
+    """A lock was released or extended by an owner that does not hold it."""
+
+
+class NotFound(TransientError, KeyError):
+    """No stored object matches the lookup."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; a message reads better plain
+        return str(self.args[0]) if self.args else ""
+
+
+class MultipleFound(TransientError, LookupError):
+    """More than one stored object matches a lookup that expects exactly one."""
+
+
+class ConflictError(TransientError):
+    """An optimistic write found that someone else changed the data since it was read."""
+
+
+class SessionTooLarge(TransientError, ValueError):
+    """A session payload exceeds ``transient.sessions.max_bytes``."""

@@ -1,0 +1,43 @@
+"""Shared fixtures of our own suite; apps get theirs from ``pyramid_transient.testing``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest_plugins = ["pyramid_transient.testing"]
+
+
+def _postgres_url() -> str | None:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return url
+    try:
+        import psycopg
+
+        with psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", connect_timeout=2):
+            pass
+    except Exception:
+        return None
+    return "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+_PG = _postgres_url()
+
+
+@pytest.fixture(scope="session", params=["postgresql", "sqlite"])
+def database_url(request: Any, tmp_path_factory: Any) -> Iterator[str]:
+    """Each SQLAlchemy test runs on PostgreSQL (``TEST_DATABASE_URL``, else 127.0.0.1:5432
+    database ``test``) and on SQLite. Without PostgreSQL the postgresql case fails in CI
+    and is skipped, saying why, elsewhere."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'test.db'}"
+        return
+    if _PG is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("CI=true but PostgreSQL is not reachable (set TEST_DATABASE_URL)")
+        pytest.skip("PostgreSQL is not reachable; set TEST_DATABASE_URL")
+    yield _PG
