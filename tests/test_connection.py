@@ -34,3 +34,140 @@ def test_round_trip_counter_counts_one_per_command_and_pipeline(
             pipe.get("a").get("b").execute()
     assert rt.count == 2
     assert rt.commands == ["SET", "MULTI GET GET EXEC"]
+
+
+def test_known_name_that_is_not_mapped_falls_back_to_default() -> None:
+    manager = RedisManager.from_settings({"transient.url": "redis://127.0.0.1:1"})
+    assert manager.resolve("store") == "default"
+    assert manager.db_number("store") == 0
+
+
+def test_memory_url_is_shared_by_every_client_of_that_url() -> None:
+    url = "memory://shared-by-test"
+    first = RedisManager.from_settings({"transient.url": url, "transient.db.celery": "3"})
+    second = RedisManager.from_settings({"transient.url": url, "transient.db.celery": "3"})
+    first.get("celery").set("k", "v")
+    assert second.get("celery").get("k") == b"v"
+    assert second.get("default").get("k") is None  # another db of that server
+
+
+def test_memory_urls_with_different_names_are_separate() -> None:
+    a = RedisManager.from_settings({"transient.url": "memory://one-of-two"})
+    b = RedisManager.from_settings({"transient.url": "memory://two-of-two"})
+    a.get().set("k", "v")
+    assert b.get().get("k") is None
+
+
+def test_memory_backend_runs_lua(transient_memory: RedisManager) -> None:
+    client = transient_memory.get()
+    assert client.eval("return redis.call('SET', KEYS[1], ARGV[1])", 1, "k", "v") == b"OK"
+    assert client.get("k") == b"v"
+
+
+def _app(settings: dict[str, str]):
+    from pyramid.config import Configurator
+
+    config = Configurator(settings={"redis.sessions.secret": "s", **settings})
+    config.include("pyramid_transient")
+    return config.make_wsgi_app()
+
+
+def test_get_redis_on_request_and_registry_return_the_same_client(
+    transient_settings: dict[str, str],
+) -> None:
+    from pyramid.request import Request
+    from pyramid.scripting import prepare
+
+    from pyramid_transient import get_redis
+
+    app = _app(transient_settings)
+    env = prepare(request=Request.blank("/"), registry=app.registry)
+    try:
+        request = env["request"]
+        assert get_redis(request, "celery") is get_redis(app.registry, "celery")
+        assert request.redis is get_redis(app.registry)
+    finally:
+        env["closer"]()
+
+
+def test_request_redis_talks_to_the_default_database(transient_settings: dict[str, str]) -> None:
+    from pyramid.request import Request
+    from pyramid.scripting import prepare
+
+    app = _app(transient_settings)
+    env = prepare(request=Request.blank("/"), registry=app.registry)
+    try:
+        info = env["request"].redis.connection_pool.connection_kwargs
+        assert info["db"] == 13
+    finally:
+        env["closer"]()
+
+
+def test_get_redis_without_include_says_what_to_do() -> None:
+    from pyramid.registry import Registry
+
+    from pyramid_transient import ConfigurationError, get_redis
+
+    with pytest.raises(ConfigurationError, match=r"config.include\('pyramid_transient'\)"):
+        get_redis(Registry())
+
+
+def test_url_for_gives_the_database_of_the_name() -> None:
+    manager = RedisManager.from_settings(
+        {"transient.url": "redis://:s3cret@10.0.0.5:6380/0", "transient.db.celery": "3"}
+    )
+    assert manager.url_for("celery") == "redis://:s3cret@10.0.0.5:6380/3"
+    assert manager.url_for() == "redis://:s3cret@10.0.0.5:6380/0"
+
+
+def test_url_for_unix_socket_uses_db_query() -> None:
+    manager = RedisManager.from_settings(
+        {"transient.url": "unix:///run/redis.sock?db=0", "transient.db.celery": "3"}
+    )
+    assert manager.url_for("celery") == "unix:///run/redis.sock?db=3"
+
+
+def test_password_stays_out_of_repr() -> None:
+    manager = RedisManager.from_settings({"transient.url": "redis://user:s3cret@h:1"})
+    assert "s3cret" not in repr(manager)
+    assert "user:***@h:1" in repr(manager)
+
+
+def test_keyspace_carries_prefix_and_capability(transient_manager: RedisManager) -> None:
+    prefix = transient_manager.settings.key_prefix
+    assert transient_manager.keyspace("store").key("a") == f"{prefix}:store:a"
+
+
+def test_keyspace_of_unknown_name_is_an_error(transient_manager: RedisManager) -> None:
+    with pytest.raises(UnknownDatabase):
+        transient_manager.keyspace("store", "nope")
+
+
+@pytest.mark.parametrize(
+    ("args", "idempotent"),
+    [
+        (("GET", "k"), True),
+        (("SET", "k", "v"), True),
+        (("SET", "k", "v", "EX", 5), True),
+        (("SET", "k", "v", "NX"), False),
+        (("SET", "k", "v", "GET"), False),
+        (("INCR", "k"), False),
+        (("EVALSHA", "abc", 0), False),
+        (("DEL", "k"), False),
+        (("HGETALL", "k"), True),
+    ],
+)
+def test_only_idempotent_commands_are_retried(args: tuple[object, ...], idempotent: bool) -> None:
+    from pyramid_transient.connection import _is_idempotent
+
+    assert _is_idempotent(args) is idempotent
+
+
+def test_timeouts_come_from_settings(transient_settings: dict[str, str]) -> None:
+    manager = RedisManager.from_settings(
+        {**transient_settings, "transient.socket_timeout": "0.3", "transient.socket_connect_timeout": "0.2"}
+    )
+    kwargs = manager.get().connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == 0.3
+    assert kwargs["socket_connect_timeout"] == 0.2
+    assert kwargs["retry"].get_retries() == 0

@@ -12,9 +12,10 @@ tag            payload
 ``bytes``      base64 string
 ``decimal``    string, ``str(Decimal)`` (``NaN``, ``Infinity`` included)
 ``float``      ``"nan"``, ``"inf"`` or ``"-inf"`` (JSON has no such numbers)
-``datetime``   ISO 8601 string, with its UTC offset when aware
+``datetime``   ISO 8601 string, with its UTC offset when aware; for a
+               :class:`zoneinfo.ZoneInfo` zone, ``[iso string, zone key]``
 ``date``       ISO 8601 string
-``time``       ISO 8601 string, with its UTC offset when aware
+``time``       as ``datetime``
 ``timedelta``  ``[days, seconds, microseconds]``
 ``uuid``       canonical hex string
 ``dict``       list of ``[key, value]`` pairs: a dict with a non-string key, or one
@@ -25,6 +26,11 @@ Supported values are ``None``, ``bool``, ``int``, ``float``, ``str`` and the typ
 nested in ``list``, ``tuple``, ``dict``, ``set`` and ``frozenset`` (subclasses of ``str``,
 ``int``, ``float``, ``list``, ``tuple`` and ``dict`` are stored as their base type). Any
 other value raises :class:`TypeError` naming the type, before anything is written.
+
+Aware datetimes and times keep their UTC offset; a :class:`zoneinfo.ZoneInfo` zone is kept
+by its key (``"Europe/Paris"``), so arithmetic across DST still works after a round trip.
+Other ``tzinfo`` implementations (pytz, dateutil) come back as a fixed-offset
+:class:`datetime.timezone`.
 
 Decoding only builds these types: it never imports or calls anything named in the data.
 A payload that is not valid raises :class:`~pyramid_transient.exceptions.CodecError`.
@@ -40,6 +46,7 @@ import math
 import uuid
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .exceptions import CodecError
 
@@ -81,12 +88,13 @@ def _to_json(value: Any, depth: int = 0) -> Any:
         return _tagged("bytes", base64.b64encode(value).decode("ascii"))
     if cls is Decimal:
         return _tagged("decimal", str(value))
-    if cls is dt.datetime:
-        return _tagged("datetime", value.isoformat())
+    if cls is dt.datetime or cls is dt.time:
+        tag = "datetime" if cls is dt.datetime else "time"
+        if isinstance(value.tzinfo, ZoneInfo):
+            return _tagged(tag, [value.isoformat(), value.tzinfo.key])
+        return _tagged(tag, value.isoformat())
     if cls is dt.date:
         return _tagged("date", value.isoformat())
-    if cls is dt.time:
-        return _tagged("time", value.isoformat())
     if cls is dt.timedelta:
         return _tagged("timedelta", [value.days, value.seconds, value.microseconds])
     if cls is uuid.UUID:
@@ -164,10 +172,16 @@ def _untag(obj: dict[str, Any]) -> Any:
                 raise CodecError(f"bad float payload {v!r}")
             return float(v)
         if tag == "datetime":
+            if isinstance(v, list):
+                iso, zone = v
+                return dt.datetime.fromisoformat(iso).astimezone(_zone(zone))
             return dt.datetime.fromisoformat(v)
         if tag == "date":
             return dt.date.fromisoformat(v)
         if tag == "time":
+            if isinstance(v, list):
+                iso, zone = v
+                return dt.time.fromisoformat(iso).replace(tzinfo=_zone(zone))
             return dt.time.fromisoformat(v)
         if tag == "timedelta":
             days, seconds, micros = v
@@ -181,6 +195,13 @@ def _untag(obj: dict[str, Any]) -> Any:
     except (TypeError, ValueError, AttributeError, InvalidOperation, binascii.Error) as exc:
         raise CodecError(f"malformed {tag!r} value: {exc}") from None
     raise CodecError(f"unknown tag {tag!r}")
+
+
+def _zone(key: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(key)
+    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+        raise CodecError(f"unknown time zone {key!r}") from exc
 
 
 def decode(data: bytes | str) -> Any:

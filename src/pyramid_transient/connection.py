@@ -348,8 +348,9 @@ class RedisManager:
         if parts.scheme == "memory":
             return f"memory://{parts.netloc}/{db}"
         if parts.scheme == "unix":
-            query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("db="))
-            return urlunsplit(parts._replace(query="&".join(filter(None, [query, f"db={db}"]))))
+            query = [q for q in parts.query.split("&") if q and not q.startswith("db=")]
+            # urlunsplit would drop the empty authority and give "unix:/path"
+            return f"unix://{parts.netloc}{parts.path}?" + "&".join([*query, f"db={db}"])
         return urlunsplit(parts._replace(path=f"/{db}"))
 
     def close(self) -> None:

@@ -1,0 +1,187 @@
+"""The codec: every supported type round-trips; nothing else is written; nothing runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pyramid_transient import codec
+from pyramid_transient.exceptions import CodecError
+
+hashable = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text()
+    | st.binary(max_size=20)
+    | st.decimals(allow_nan=False)
+    | st.uuids(),
+    lambda inner: st.tuples(inner, inner) | st.frozensets(inner, max_size=3),
+    max_leaves=6,
+)
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary(max_size=50)
+    | st.decimals(allow_nan=False)
+    | st.datetimes()
+    | st.datetimes(timezones=st.timezones())
+    | st.dates()
+    | st.times()
+    | st.times(timezones=st.timezones())
+    | st.timedeltas()
+    | st.uuids()
+)
+
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(), inner, max_size=4)
+        | st.dictionaries(hashable, inner, max_size=4)
+        | st.sets(hashable, max_size=4)
+        | st.frozensets(hashable, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equality that also checks types all the way down (1 == 1.0 == True is not enough)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return len(a) == len(b) and all(k in b and same(v, b[k]) for k, v in a.items()) and all(
+            same(k, next(k2 for k2 in b if k2 == k)) for k in a
+        )
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dt.datetime | dt.time):
+        return a == b and a.tzinfo == b.tzinfo if a.tzinfo else a == b and b.tzinfo is None
+    if isinstance(a, Decimal):
+        return a.as_tuple() == b.as_tuple()
+    return bool(a == b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values)
+def test_every_supported_value_round_trips_with_its_types(value: Any) -> None:
+    assert same(codec.decode(codec.encode(value)), value)
+
+
+@settings(max_examples=100, deadline=None)
+@given(values)
+def test_encoding_is_valid_utf8_json(value: Any) -> None:
+    json.loads(codec.encode(value).decode("utf-8"))
+
+
+def test_the_design_example_round_trips() -> None:
+    value = {(None,): [1, "bar", Decimal("1.0")]}
+    assert codec.decode(codec.encode(value)) == value
+
+
+@pytest.mark.parametrize("special", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_floats_round_trip(special: float) -> None:
+    back = codec.decode(codec.encode(special))
+    assert type(back) is float and (math.isnan(back) if math.isnan(special) else back == special)
+
+
+def test_decimal_specials_round_trip() -> None:
+    assert codec.decode(codec.encode(Decimal("Infinity"))) == Decimal("Infinity")
+    assert codec.decode(codec.encode(Decimal("NaN"))).is_nan()
+
+
+def test_user_dict_that_looks_like_a_tag_stays_data() -> None:
+    value = {"__t__": "bytes", "v": "AAAA"}
+    assert codec.decode(codec.encode(value)) == value
+
+
+def test_aware_datetime_keeps_its_offset() -> None:
+    tz = dt.timezone(dt.timedelta(hours=5, minutes=30))
+    value = dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=tz)
+    back = codec.decode(codec.encode(value))
+    assert back == value and back.utcoffset() == value.utcoffset()
+
+
+class Custom:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        (Custom(), "Custom"),
+        ({"a": [1, object()]}, "builtins.object"),
+        (lambda: None, "function"),
+        (complex(1, 2), "builtins.complex"),
+        (bytearray(b"x"), "builtins.bytearray"),
+    ],
+)
+def test_unsupported_types_raise_typeerror_naming_the_type(value: Any, name: str) -> None:
+    with pytest.raises(TypeError, match=name):
+        codec.encode(value)
+    with pytest.raises(TypeError, match=name):
+        codec.check(value)
+
+
+def test_subclasses_of_json_types_store_as_their_base() -> None:
+    class Name(str):
+        pass
+
+    back = codec.decode(codec.encode({"n": Name("x")}))
+    assert back == {"n": "x"} and type(back["n"]) is str
+
+
+def test_too_deep_nesting_is_refused() -> None:
+    value: Any = []
+    for _ in range(codec.MAX_DEPTH + 5):
+        value = [value]
+    with pytest.raises(TypeError, match="nested deeper"):
+        codec.encode(value)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"{",
+        b"\xff\xfe",
+        b"NaN",
+        b'{"__t__":"os.system","v":"echo hi"}',
+        b'{"__t__":"tuple"}',
+        b'{"__t__":"bytes","v":"***"}',
+        b'{"__t__":"decimal","v":"one"}',
+        b'{"__t__":"datetime","v":"yesterday"}',
+        b'{"__t__":"timedelta","v":[1]}',
+        b'{"__t__":"set","v":[[1]]}',
+        b'{"__t__":"dict","v":[[[1],2]]}',
+        b'{"__t__":"float","v":"1e999"}',
+        b"\x80\x04\x95.",  # a pickle header
+        b"[" * 100000,
+    ],
+)
+def test_corrupt_or_foreign_payloads_raise_codec_error(payload: bytes) -> None:
+    with pytest.raises(CodecError):
+        codec.decode(payload)
+
+
+def test_codec_error_is_a_value_error() -> None:
+    assert issubclass(CodecError, ValueError)
+
+
+def test_uuid_and_bytes_round_trip() -> None:
+    value = [uuid.UUID(int=1), b"\x00\xff"]
+    assert codec.decode(codec.encode(value)) == value
