@@ -74,9 +74,7 @@ def compare(title: str, cases: dict[str, Callable[[], object]], *, seconds: floa
     for _ in range(3):
         for n in names:
             rates[n].append(measure(cases[n], seconds=seconds / 3))
-    results = [
-        Result(n, statistics.median(rates[n]), round_trips_of(cases[n])) for n in names
-    ]
+    results = [Result(n, statistics.median(rates[n]), round_trips_of(cases[n])) for n in names]
     base = results[0].ops_per_sec
     lines = [
         f"### {title}",

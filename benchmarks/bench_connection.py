@@ -21,7 +21,11 @@ def main() -> None:
         bare.set("bench:key", b"x" * 100)
 
         config = Configurator(
-            settings={"transient.url": url, "transient.db.celery": "3", "redis.sessions.secret": "s"}
+            settings={
+                "transient.url": url,
+                "transient.db.celery": "3",
+                "redis.sessions.secret": "s",
+            }
         )
         config.include("pyramid_transient")
         app = config.make_wsgi_app()
@@ -33,9 +37,9 @@ def main() -> None:
                     "GET of a 100-byte value",
                     {
                         "bare redis.Redis.get": lambda: bare.get("bench:key"),
-                        "get_redis(request, 'celery').get": lambda: get_redis(request, "celery").get(
-                            "bench:key"
-                        ),
+                        "get_redis(request, 'celery').get": lambda: get_redis(
+                            request, "celery"
+                        ).get("bench:key"),
                         "request.redis (default db)": lambda: request.redis.get("bench:key"),
                     },
                     seconds=3.0,

@@ -64,8 +64,10 @@ def same(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, dict):
-        return len(a) == len(b) and all(k in b and same(v, b[k]) for k, v in a.items()) and all(
-            same(k, next(k2 for k2 in b if k2 == k)) for k in a
+        return (
+            len(a) == len(b)
+            and all(k in b and same(v, b[k]) for k, v in a.items())
+            and all(same(k, next(k2 for k2 in b if k2 == k)) for k in a)
         )
     if isinstance(a, list | tuple):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))

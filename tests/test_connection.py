@@ -165,7 +165,11 @@ def test_only_idempotent_commands_are_retried(args: tuple[object, ...], idempote
 
 def test_timeouts_come_from_settings(transient_settings: dict[str, str]) -> None:
     manager = RedisManager.from_settings(
-        {**transient_settings, "transient.socket_timeout": "0.3", "transient.socket_connect_timeout": "0.2"}
+        {
+            **transient_settings,
+            "transient.socket_timeout": "0.3",
+            "transient.socket_connect_timeout": "0.2",
+        }
     )
     kwargs = manager.get().connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == 0.3

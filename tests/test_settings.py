@@ -26,7 +26,10 @@ def test_defaults_without_any_setting() -> None:
 
 
 def test_other_keys_are_ignored() -> None:
-    assert parse_settings({"pyramid.includes": "x", "redis.sessions.secret": "s"}) == TransientSettings()
+    assert (
+        parse_settings({"pyramid.includes": "x", "redis.sessions.secret": "s"})
+        == TransientSettings()
+    )
 
 
 def test_database_names_map_to_numbers() -> None:
@@ -181,7 +184,7 @@ def test_every_table_row_parses_its_own_default_shape() -> None:
 
 def test_bad_setting_fails_at_include_time() -> None:
     config = Configurator(settings={"transient.db.cache": "x"})
-    with pytest.raises(ConfigurationError, match="transient.db.cache"):
+    with pytest.raises(ConfigurationError, match=r"transient\.db\.cache"):
         config.include("pyramid_transient")
 
 

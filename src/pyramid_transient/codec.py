@@ -124,7 +124,9 @@ def _to_json(value: Any, depth: int = 0) -> Any:
 def _dict_to_json(value: dict[Any, Any], depth: int) -> Any:
     if all(type(k) is str for k in value) and TAG not in value:
         return {k: _to_json(v, depth + 1) for k, v in value.items()}
-    return _tagged("dict", [[_to_json(k, depth + 1), _to_json(v, depth + 1)] for k, v in value.items()])
+    return _tagged(
+        "dict", [[_to_json(k, depth + 1), _to_json(v, depth + 1)] for k, v in value.items()]
+    )
 
 
 def check(value: Any) -> None:

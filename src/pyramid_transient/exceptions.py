@@ -15,7 +15,7 @@ class TransientError(Exception):
     """Base class of every error raised by pyramid_transient."""
 
 
-class ConfigurationError(TransientError, PyramidConfigurationError):
+class ConfigurationError(TransientError, PyramidConfigurationError):  # type: ignore[misc]
     """A ``transient.*`` setting is missing, unknown or has a bad value."""
 
     def __init__(self, message: str, *, key: str | None = None, value: object = None) -> None:

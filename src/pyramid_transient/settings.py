@@ -235,12 +235,16 @@ def words(key: str, value: Any) -> tuple[str, ...]:
     result = tuple(_text(item) for item in items if _text(item))
     for item in result:
         if not _NAME_RE.match(item):
-            raise _fail(key, value, "a whitespace-separated list of names (letters, digits, _ and -)")
+            raise _fail(
+                key, value, "a whitespace-separated list of names (letters, digits, _ and -)"
+            )
     return result
 
 
 def nodes(key: str, value: Any) -> tuple[Node, ...]:
-    accepted = "a whitespace-separated list of host:port pairs, e.g. '127.0.0.1:7000 127.0.0.1:7001'"
+    accepted = (
+        "a whitespace-separated list of host:port pairs, e.g. '127.0.0.1:7000 127.0.0.1:7001'"
+    )
     items = value if isinstance(value, list | tuple) else _text(value).replace(",", " ").split()
     result = []
     for item in items:
@@ -330,7 +334,9 @@ SETTINGS: dict[str, Setting] = {
         _row("cache.expiration", integer(1), "cache:expiration"),
         _row("cache.lock_timeout", integer(1), "cache:lock_timeout"),
         _row("store.lock_acquire_timeout", number(0), "store:lock_acquire_timeout"),
-        _row("store.lock_expire_timeout", number(0, allow_zero=False), "store:lock_expire_timeout"),
+        _row(
+            "store.lock_expire_timeout", number(0, allow_zero=False), "store:lock_expire_timeout"
+        ),
         _row("safe.wait_replicas", integer(0), "safe:wait_replicas"),
         _row("safe.wait_timeout", number(0, allow_zero=False), "safe:wait_timeout"),
     )

@@ -1,0 +1,110 @@
+"""The ptransient command against a real server."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import redis
+
+from pyramid_transient import RedisManager, encode
+from pyramid_transient.scripts.ptransient import main
+
+
+@pytest.fixture
+def ini(tmp_path: Path, transient_settings: dict[str, str]) -> str:
+    lines = ["[app:main]", "use = egg:pyramid-transient#demo"]
+    lines += [f"{key} = {value}" for key, value in transient_settings.items()]
+    path = tmp_path / "app.ini"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    status = main(list(argv), out=out)
+    return status, out.getvalue()
+
+
+def test_info_counts_keys_per_capability(ini: str, transient_manager: RedisManager) -> None:
+    store = transient_manager.keyspace("store")
+    transient_manager.get("store").set(store.key("a"), encode(1))
+    transient_manager.get("store").set(store.key("b"), encode(2))
+    transient_manager.get("sessions").set(
+        transient_manager.keyspace("session", "sessions").key("x"), b"1"
+    )
+    status, text = run(ini, "info")
+    assert status == 0
+    assert "db 13 (default): store: 2" in text
+    assert "db 14 (cache, sessions): session: 1" in text
+
+
+def test_keys_lists_only_the_apps_prefix(ini: str, transient_manager: RedisManager) -> None:
+    client = transient_manager.get()
+    client.set(transient_manager.keyspace("store").key("mine"), b"1")
+    client.set("someone-elses-key", b"1")
+    status, text = run(ini, "keys", "--db", "default")
+    assert status == 0
+    assert "store:mine" in text and "someone-elses-key" not in text
+
+
+def test_show_decodes_our_encoding(ini: str, transient_manager: RedisManager) -> None:
+    key = transient_manager.keyspace("store").key("k")
+    transient_manager.get().set(key, encode({"a": [1, 2]}))
+    status, text = run(ini, "show", key)
+    assert status == 0 and '{"a": [1, 2]}' in text
+
+
+def test_show_of_a_missing_key_fails(ini: str, transient_manager: RedisManager) -> None:
+    assert run(ini, "show", "nothing-here")[0] == 1
+
+
+def test_backup_and_restore_round_trip_with_ttl(
+    ini: str, transient_manager: RedisManager, tmp_path: Path
+) -> None:
+    client: redis.Redis = transient_manager.get()
+    key = transient_manager.keyspace("safe").key("m")
+    client.hset(key, mapping={"a": encode(1), "b": encode("x")})
+    expiring = transient_manager.keyspace("store").key("e")
+    client.set(expiring, encode(5), ex=1000)
+    backup = tmp_path / "backup.jsonl"
+    status, text = run(ini, "backup", str(backup))
+    assert status == 0 and "backed up 2 keys" in text
+    assert json.loads(backup.read_text().splitlines()[0])["format"] == "ptransient-backup"
+
+    client.flushdb()
+    status, text = run(ini, "restore", str(backup))
+    assert status == 0 and "restored 2 keys, skipped 0" in text
+    assert client.hgetall(key) == {b"a": encode(1), b"b": encode("x")}
+    assert 0 < client.ttl(expiring) <= 1000
+
+
+def test_restore_does_not_overwrite_without_replace(
+    ini: str, transient_manager: RedisManager, tmp_path: Path
+) -> None:
+    client = transient_manager.get()
+    key = transient_manager.keyspace("store").key("k")
+    client.set(key, b"old")
+    backup = tmp_path / "b.jsonl"
+    run(ini, "backup", str(backup))
+    client.set(key, b"new")
+    status, text = run(ini, "restore", str(backup))
+    assert status == 1 and "not restored" in text and client.get(key) == b"new"
+    assert run(ini, "restore", "--replace", str(backup))[0] == 0
+    assert client.get(key) == b"old"
+
+
+def test_restore_refuses_a_file_that_is_not_a_backup(ini: str, tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text("hello\n")
+    status, text = run(ini, "restore", str(path))
+    assert status == 2 and "is not a ptransient backup" in text
+
+
+def test_a_bad_setting_is_reported_not_raised(tmp_path: Path) -> None:
+    path = tmp_path / "bad.ini"
+    path.write_text("[app:main]\nuse = egg:pyramid-transient#demo\ntransient.db.cache = x\n")
+    status, text = run(str(path), "info")
+    assert status == 2 and "transient.db.cache must be an integer" in text
