@@ -357,12 +357,17 @@ class RedisManager:
         """Disconnect every pool (the manager can still be used: it reconnects on demand)."""
         with self._lock:
             for client in self._clients.values():
+                if client is self._cluster:
+                    continue  # a RedisCluster has no single pool; closed below
                 client.close()
                 client.connection_pool.disconnect()
             self._clients = {}
             if self._cluster is not None:
                 self._cluster.close()
                 self._cluster = None
+            if self._sentinel is not None:
+                self._sentinel.close()
+                self._sentinel = None
 
 
 # ---------------------------------------------------------------------- Pyramid glue

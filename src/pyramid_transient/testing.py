@@ -31,6 +31,7 @@ Fixtures:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -44,13 +45,17 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import redis
+from redis.backoff import NoBackoff
 from redis.connection import AbstractConnection
+from redis.retry import Retry
 
 from .connection import RedisManager
 
 __all__ = [
+    "RedisClusterGroup",
     "RedisServer",
     "RoundTripCounter",
+    "SentinelGroup",
     "free_port",
     "test_settings",
 ]
@@ -391,3 +396,564 @@ if pytest is not None:
             manager.get("default").ping()
             return
         target.server.start()
+
+
+# ---------------------------------------------------------------------- Cluster and Sentinel
+#
+# Groups of real servers for the ``cluster`` and ``sentinel`` tests, each started once per
+# run on free loopback ports and stopped at its end. Fixtures (session-scoped unless said):
+#
+# ``transient_cluster``
+#     the started :class:`RedisClusterGroup` (three masters, every slot assigned).
+# ``transient_cluster_settings``
+#     ``transient.*`` settings for it: ``transient.cluster.nodes`` (no url), the test
+#     database names of :data:`TEST_DBS` (namespaces on a Cluster), key prefix ``tcluster``.
+#     Shared by the whole run: copy it before changing it (``dict(settings, **{...})``).
+# ``transient_cluster_manager``
+#     (per test) a manager for those settings, every node flushed before the test.
+# ``transient_sentinel``
+#     the started :class:`SentinelGroup` (master, one replica, three sentinels), with
+#     :meth:`SentinelGroup.failover`, :meth:`SentinelGroup.kill_master` and
+#     :meth:`SentinelGroup.restore` for failover tests.
+# ``transient_sentinel_settings``
+#     ``transient.sentinel.service`` + ``transient.sentinel.nodes``, the databases of
+#     :data:`TEST_DBS`, key prefix ``tsentinel``. Copy it before changing it.
+# ``transient_sentinel_manager``
+#     (per test) a manager for those settings, its databases flushed before the test.
+#
+# Both groups need ``redis-server`` and ``redis-cli`` on PATH; a failure to start them fails
+# the tests that use them, in CI and elsewhere alike (there is no embedded fallback).
+
+
+def _wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        try:
+            if check():
+                return
+        except (redis.RedisError, OSError) as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            detail = f" (last error: {last!r})" if last is not None else ""
+            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}{detail}")
+        time.sleep(0.05)
+
+
+def _admin(port: int) -> redis.Redis:
+    # Fixture plumbing only: short timeouts, decoded replies, no retries.
+    return redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        socket_timeout=2.0,
+        socket_connect_timeout=1.0,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def _ask(port: int, *args: Any) -> Any:
+    client = _admin(port)
+    try:
+        return client.execute_command(*args)  # type: ignore[no-untyped-call]
+    finally:
+        client.close()
+
+
+def _start_with_retries(make: Callable[[], RedisServer], attempts: int = 3) -> RedisServer:
+    # Ports come from free_port(), so another process on the machine may take one before
+    # our server binds it: start again on new ports rather than fail the run.
+    error: Exception | None = None
+    for _ in range(attempts):
+        server = make()
+        try:
+            return server.start()
+        except RuntimeError as exc:
+            error = exc
+            server.stop()
+    raise RuntimeError(f"could not start a redis-server after {attempts} attempts: {error}")
+
+
+def _kill(server: RedisServer) -> None:
+    """Kill ``server`` at once (SIGKILL, as a crash would), only the process we started."""
+    process, server.process = server.process, None
+    if process is None:
+        return
+    if process.poll() is None:
+        process.kill()
+        process.wait(5)
+    if process.stderr:
+        process.stderr.close()
+
+
+def _info_fields(text: Any) -> dict[str, str]:
+    if isinstance(text, dict):
+        return {str(k): str(v) for k, v in text.items()}
+    fields: dict[str, str] = {}
+    for line in str(text).splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+class RedisClusterGroup:
+    """A Redis Cluster of ``masters`` master-only nodes on loopback ports, for tests.
+
+    >>> with RedisClusterGroup() as cluster:          # doctest: +SKIP
+    ...     cluster.settings()["transient.cluster.nodes"]
+    '127.0.0.1:40001 127.0.0.1:40002 127.0.0.1:40003'
+    """
+
+    SLOTS = 16384
+
+    def __init__(self, masters: int = 3, *, node_timeout_ms: int = 2000) -> None:
+        if masters < 3:
+            raise ValueError(f"a Redis Cluster needs at least 3 masters, not {masters!r}")
+        self.masters = masters
+        self.node_timeout_ms = node_timeout_ms
+        self.directory = tempfile.mkdtemp(prefix="ptransient-cluster-")
+        self.servers: list[RedisServer] = []
+
+    @property
+    def nodes(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of every node."""
+        return [("127.0.0.1", server.port) for server in self.servers]
+
+    def settings(self, *, key_prefix: str = "", **extra: Any) -> dict[str, Any]:
+        """``transient.*`` settings for this Cluster with the test database names."""
+        settings: dict[str, Any] = {
+            "transient.cluster.nodes": " ".join(f"{h}:{p}" for h, p in self.nodes),
+            "transient.key_prefix": key_prefix,
+        }
+        settings.update({f"transient.db.{name}": str(db) for name, db in TEST_DBS.items()})
+        settings.update(extra)
+        return settings
+
+    def start(self, timeout: float = 30.0) -> RedisClusterGroup:
+        """Start the nodes, join them into one Cluster and wait until it serves every slot."""
+        try:
+            for index in range(self.masters):
+                self.servers.append(self._start_node(index))
+            self._create(timeout)
+            self.wait_ok(timeout)
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def _start_node(self, index: int) -> RedisServer:
+        node_dir = os.path.join(self.directory, f"node{index}")
+        os.makedirs(node_dir, exist_ok=True)
+
+        def make() -> RedisServer:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(node_dir, "nodes.conf"))
+            return RedisServer(
+                directory=node_dir,
+                args=[
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", "nodes.conf",
+                    # An explicit bus port: the default (port + 10000) may be taken or
+                    # beyond 65535 for a high free port.
+                    "--cluster-port", str(free_port()),
+                    "--cluster-node-timeout", str(self.node_timeout_ms),
+                ],
+            )  # fmt: skip
+
+        return _start_with_retries(make)
+
+    def _create(self, timeout: float) -> None:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not on PATH; it is needed to create a Cluster")
+        command = [
+            cli, "--cluster", "create",
+            *(f"{h}:{p}" for h, p in self.nodes),
+            "--cluster-replicas", "0", "--cluster-yes",
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, timeout=timeout, check=False)
+        if done.returncode != 0:
+            output = (done.stdout + done.stderr).decode(errors="replace").strip()
+            raise RuntimeError(f"redis-cli --cluster create failed: {output}")
+
+    def _node_ok(self, port: int) -> bool:
+        info = _info_fields(_ask(port, "CLUSTER", "INFO"))
+        if info.get("cluster_state") != "ok":
+            return False
+        if info.get("cluster_slots_ok") != str(self.SLOTS):
+            return False
+        if info.get("cluster_known_nodes") != str(self.masters):
+            return False
+        ranges = _ask(port, "CLUSTER", "SLOTS")
+        covered = sum(int(r[1]) - int(r[0]) + 1 for r in ranges)
+        return covered == self.SLOTS and len(ranges) >= self.masters
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Wait until every node says ``cluster_state:ok`` and knows every slot's owner."""
+        for server in self.servers:
+            _wait_until(
+                f"cluster_state:ok on 127.0.0.1:{server.port}",
+                functools.partial(self._node_ok, server.port),
+                timeout,
+            )
+
+    def flushall(self) -> None:
+        """Delete every key on every node."""
+        for server in self.servers:
+            _ask(server.port, "FLUSHALL")
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def cleanup(self) -> None:
+        self.stop()
+        self.servers = []
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> RedisClusterGroup:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+class SentinelServer(RedisServer):
+    """A ``redis-server --sentinel`` monitoring one master, from a generated config file."""
+
+    def __init__(
+        self,
+        service: str,
+        master_port: int,
+        *,
+        directory: str,
+        quorum: int = 2,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+    ) -> None:
+        super().__init__(directory=directory)
+        self.service = service
+        self.master_port = master_port
+        self.quorum = quorum
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.config_file = os.path.join(directory, f"sentinel-{self.port}.conf")
+
+    def command(self) -> list[str]:
+        # Sentinel rewrites its config file as it learns, so it is written only once:
+        # a restart keeps what this sentinel knew.
+        if not os.path.exists(self.config_file):
+            s = self.service
+            with open(self.config_file, "w", encoding="utf-8") as conf:
+                conf.write(
+                    f"port {self.port}\n"
+                    "bind 127.0.0.1\n"
+                    "daemonize no\n"
+                    "protected-mode no\n"
+                    f"dir {self.directory}\n"
+                    f"logfile {os.path.join(self.directory, f'sentinel-{self.port}.log')}\n"
+                    f"sentinel monitor {s} 127.0.0.1 {self.master_port} {self.quorum}\n"
+                    f"sentinel down-after-milliseconds {s} {self.down_after_ms}\n"
+                    f"sentinel failover-timeout {s} {self.failover_timeout_ms}\n"
+                    f"sentinel parallel-syncs {s} 1\n"
+                )
+        return [self.executable, self.config_file, "--sentinel"]
+
+
+class SentinelGroup:
+    """A master, one replica and three sentinels on loopback ports, for tests.
+
+    ``master`` and ``replica`` are the :class:`RedisServer` objects in those roles now;
+    :meth:`failover` and :meth:`kill_master` swap them.
+    """
+
+    def __init__(
+        self,
+        service: str = "transient-test",
+        *,
+        sentinels: int = 3,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+    ) -> None:
+        self.service = service
+        self.sentinel_count = sentinels
+        self.quorum = sentinels // 2 + 1
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.directory = tempfile.mkdtemp(prefix="ptransient-sentinel-")
+        self.master: RedisServer | None = None
+        self.replica: RedisServer | None = None
+        self.sentinels: list[RedisServer] = []
+        self._killed: RedisServer | None = None
+
+    # ------------------------------------------------------------ addresses and settings
+
+    @property
+    def sentinel_nodes(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", s.port) for s in self.sentinels]
+
+    @property
+    def master_port(self) -> int:
+        if self.master is None:
+            raise RuntimeError("the Sentinel group is not started")
+        return self.master.port
+
+    def settings(self, *, key_prefix: str = "", **extra: Any) -> dict[str, Any]:
+        """``transient.*`` settings for this group with the test databases."""
+        settings: dict[str, Any] = {
+            "transient.sentinel.service": self.service,
+            "transient.sentinel.nodes": " ".join(f"{h}:{p}" for h, p in self.sentinel_nodes),
+            "transient.key_prefix": key_prefix,
+        }
+        settings.update({f"transient.db.{name}": str(db) for name, db in TEST_DBS.items()})
+        settings.update(extra)
+        return settings
+
+    def reported_masters(self) -> list[tuple[str, int]]:
+        """The master address each sentinel reports now."""
+        result = []
+        for _, port in self.sentinel_nodes:
+            host, master_port = _ask(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+            result.append((str(host), int(master_port)))
+        return result
+
+    # ------------------------------------------------------------ start and stop
+
+    def start(self, timeout: float = 30.0) -> SentinelGroup:
+        """Start master and replica, then the sentinels; wait until they see both."""
+        try:
+            master = self._data_dir("master")
+            self.master = _start_with_retries(lambda: RedisServer(directory=master))
+            replica = self._data_dir("replica")
+            self.replica = _start_with_retries(
+                lambda: RedisServer(directory=replica, args=self._replicaof(self.master_port))
+            )
+            # Sentinels learn of replicas from the master's INFO, polled every 10 s after the
+            # first: have the replica attached before they look.
+            self._wait_replica_up(self.replica, timeout)
+            for index in range(self.sentinel_count):
+                directory = self._data_dir(f"sentinel{index}")
+                self.sentinels.append(
+                    _start_with_retries(
+                        functools.partial(
+                            SentinelServer,
+                            self.service,
+                            self.master_port,
+                            directory=directory,
+                            quorum=self.quorum,
+                            down_after_ms=self.down_after_ms,
+                            failover_timeout_ms=self.failover_timeout_ms,
+                        )
+                    )
+                )
+            self.wait_healthy(timeout)
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def _data_dir(self, name: str) -> str:
+        path = os.path.join(self.directory, name)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    @staticmethod
+    def _replicaof(port: int) -> list[str]:
+        return ["--replicaof", "127.0.0.1", str(port)]
+
+    def _wait_replica_up(self, replica: RedisServer, timeout: float) -> None:
+        def up() -> bool:
+            info = _info_fields(_ask(replica.port, "INFO", "replication"))
+            return (
+                info.get("role") == "slave"
+                and info.get("master_port") == str(self.master_port)
+                and info.get("master_link_status") == "up"
+            )
+
+        _wait_until(f"the replica on port {replica.port} to sync", up, timeout)
+
+    def _sentinel_healthy(self, port: int) -> bool:
+        _, master_port = _ask(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        if int(master_port) != self.master_port:
+            return False
+        replicas = _ask(port, "SENTINEL", "REPLICAS", self.service)
+        healthy = [
+            r
+            for r in (_pairs(r) for r in replicas)
+            if self.replica is not None
+            and int(r.get("port", 0)) == self.replica.port
+            and not {"s_down", "o_down", "disconnected"} & set(r.get("flags", "").split(","))
+        ]
+        if not healthy:
+            return False
+        others = _ask(port, "SENTINEL", "SENTINELS", self.service)
+        if len(others) < self.sentinel_count - 1:
+            return False
+        return str(_ask(port, "SENTINEL", "CKQUORUM", self.service)).startswith("OK")
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Wait until every sentinel reports the master, sees the replica and the others."""
+        for _, port in self.sentinel_nodes:
+            _wait_until(
+                f"sentinel on port {port} to see master, replica and peers",
+                functools.partial(self._sentinel_healthy, port),
+                timeout,
+            )
+
+    # ------------------------------------------------------------ failover
+
+    def failover(self, timeout: float = 30.0) -> tuple[str, int]:
+        """``SENTINEL FAILOVER``: promote the replica, demote the master; return the new master.
+
+        Sentinel would turn the old master into a replica only some seconds later, so this
+        does it at once, the way Sentinel does (``REPLICAOF`` then ``CLIENT KILL`` of its
+        normal clients), and waits until the group is healthy again.
+        """
+        if self.master is None or self.replica is None:
+            raise RuntimeError("failover needs a running master and replica")
+        old, new = self.master, self.replica
+        _ask(self.sentinels[0].port, "SENTINEL", "FAILOVER", self.service)
+        self._wait_reported(new.port, timeout)
+        _wait_until(
+            f"127.0.0.1:{new.port} to become master",
+            lambda: _info_fields(_ask(new.port, "INFO", "replication")).get("role") == "master",
+            timeout,
+        )
+        _ask(old.port, "REPLICAOF", "127.0.0.1", str(new.port))
+        _ask(old.port, "CLIENT", "KILL", "TYPE", "normal")
+        self.master, self.replica = new, old
+        old.args = self._replicaof(new.port)
+        self._wait_replica_up(old, timeout)
+        self.wait_healthy(timeout)
+        return ("127.0.0.1", new.port)
+
+    def kill_master(self, timeout: float = 30.0) -> tuple[str, int]:
+        """Kill the master (SIGKILL) and wait until the sentinels promote the replica.
+
+        Returns the new master's address. Call :meth:`restore` to bring the killed server
+        back as a replica.
+        """
+        if self.master is None or self.replica is None:
+            raise RuntimeError("kill_master needs a running master and replica")
+        old, new = self.master, self.replica
+        _kill(old)
+        self._killed = old
+        self.master, self.replica = new, None
+        self._wait_reported(new.port, timeout)
+        _wait_until(
+            f"127.0.0.1:{new.port} to become master",
+            lambda: _info_fields(_ask(new.port, "INFO", "replication")).get("role") == "master",
+            timeout,
+        )
+        return ("127.0.0.1", new.port)
+
+    def restore(self, timeout: float = 30.0) -> None:
+        """Restart a killed master as a replica of the current master; wait until healthy."""
+        killed, self._killed = self._killed, None
+        if killed is None:
+            return
+        killed.args = self._replicaof(self.master_port)
+        killed.start()
+        self.replica = killed
+        self._wait_replica_up(killed, timeout)
+        self.wait_healthy(timeout)
+
+    def _wait_reported(self, port: int, timeout: float) -> None:
+        _wait_until(
+            f"every sentinel to report the master on port {port}",
+            lambda: all(p == port for _, p in self.reported_masters()),
+            timeout,
+        )
+
+    def flushall(self) -> None:
+        """Delete every key on the master (the replica follows)."""
+        _ask(self.master_port, "FLUSHALL")
+
+    def stop(self) -> None:
+        for server in self.sentinels:
+            server.stop()
+        for maybe in (self.replica, self.master, self._killed):
+            if maybe is not None:
+                maybe.stop()
+
+    def cleanup(self) -> None:
+        self.stop()
+        self.sentinels = []
+        self.master = self.replica = self._killed = None
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> SentinelGroup:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+def _pairs(flat: Any) -> dict[str, str]:
+    if isinstance(flat, dict):
+        return {str(k): str(v) for k, v in flat.items()}
+    items = list(flat)
+    return {str(items[i]): str(items[i + 1]) for i in range(0, len(items) - 1, 2)}
+
+
+if pytest is not None:
+
+    def _start_group(group: Any, what: str) -> Any:
+        missing = [exe for exe in ("redis-server", "redis-cli") if shutil.which(exe) is None]
+        if missing:
+            group.cleanup()
+            pytest.fail(
+                f"the {what} fixtures need {' and '.join(missing)} on PATH "
+                "(install redis-server 7 or later)",
+                pytrace=False,
+            )
+        try:
+            return group.start()
+        except Exception as exc:
+            pytest.fail(f"could not start the {what}: {exc}", pytrace=False)
+
+    @pytest.fixture(scope="session")
+    def transient_cluster() -> Iterator[RedisClusterGroup]:
+        group = _start_group(RedisClusterGroup(), "Redis Cluster")
+        try:
+            yield group
+        finally:
+            group.cleanup()
+
+    @pytest.fixture(scope="session")
+    def transient_cluster_settings(transient_cluster: RedisClusterGroup) -> dict[str, Any]:
+        return transient_cluster.settings(key_prefix="tcluster")
+
+    @pytest.fixture
+    def transient_cluster_manager(
+        transient_cluster: RedisClusterGroup, transient_cluster_settings: dict[str, Any]
+    ) -> Iterator[RedisManager]:
+        transient_cluster.flushall()
+        manager = RedisManager.from_settings(transient_cluster_settings)
+        yield manager
+        manager.close()
+
+    @pytest.fixture(scope="session")
+    def transient_sentinel() -> Iterator[SentinelGroup]:
+        group = _start_group(SentinelGroup(), "Sentinel group")
+        try:
+            yield group
+        finally:
+            group.cleanup()
+
+    @pytest.fixture(scope="session")
+    def transient_sentinel_settings(transient_sentinel: SentinelGroup) -> dict[str, Any]:
+        return transient_sentinel.settings(key_prefix="tsentinel")
+
+    @pytest.fixture
+    def transient_sentinel_manager(
+        transient_sentinel: SentinelGroup, transient_sentinel_settings: dict[str, Any]
+    ) -> Iterator[RedisManager]:
+        # A test that killed the master and failed before restoring it must not leave the
+        # next test without a replica.
+        transient_sentinel.restore()
+        transient_sentinel.flushall()
+        manager = RedisManager.from_settings(transient_sentinel_settings)
+        yield manager
+        manager.close()
