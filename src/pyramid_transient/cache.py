@@ -1,9 +1,449 @@
-"""Placeholder: filled in by its issue."""
+"""Cache keys that change by themselves when the data behind them changes, and cache regions.
 
-from typing import Any
+``request.cache_key(*fragments)`` (a :class:`CacheKeyGenerator`) turns fragments into a
+key: model instances and classes, :class:`~pyramid_transient.invalidation.Identity`
+strings and ``Table`` objects stand for their tokens; every other fragment is a plain value
+(``str``, ``int``, ``float``, ``bool``, ``None``, lists, tuples, dicts, and the other types
+of :mod:`pyramid_transient.codec`) that enters the key deterministically. One round trip
+reads every token of a key, creating missing ones.
+
+Regions are dogpile.cache regions configured from ``transient.cache.*``, storing values
+with our JSON codec in the ``cache`` database, with a distributed fill lock that always
+has a timeout. :meth:`TransientRegion.get_or_create_for` builds the key *before* it runs
+the creator, so a fill that raced a commit lands under a key nobody computes again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any, cast
+
+import redis
+from dogpile.cache import register_backend
+from dogpile.cache.api import NO_VALUE, CantDeserializeException
+from dogpile.cache.backends.redis import RedisBackend
+from dogpile.cache.region import CacheRegion
+from zope.interface import Interface
+
+from . import codec
+from .connection import RedisManager, get_manager, include_manager
+from .exceptions import CodecError
+from .invalidation import (
+    Identity,
+    TokenStore,
+    identities_of,
+    register,
+    token_store,
+)
+from .keys import KeySpace, quote
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BACKEND",
+    "CacheKeyGenerator",
+    "TransientRedisBackend",
+    "TransientRegion",
+    "get_region",
+    "includeme",
+    "make_regions",
+]
+
+_PLAIN = frozenset({str, int, float, bool, type(None), list, tuple, dict})
+_VALUES = (
+    str, int, float, list, tuple, dict, set, frozenset, bytes, Decimal,
+    dt.date, dt.time, dt.timedelta, uuid.UUID,
+)  # fmt: skip
+
+# Patched by tests: how often an outage is logged at WARNING (seconds).
+OUTAGE_LOG_INTERVAL = 60.0
+mod_time = time
+
+
+# --------------------------------------------------------------------------- plain values
+
+
+def _canonical(value: Any, depth: int = 0) -> str:
+    # An injective text for a plain value: types are marked, strings JSON-quoted, dict and
+    # set items sorted, so equal values give equal text whatever their order.
+    if depth > codec.MAX_DEPTH:
+        raise TypeError(f"cache key fragments cannot nest deeper than {codec.MAX_DEPTH} levels")
+    if value is None:
+        return "n"
+    if value is True:
+        return "T"
+    if value is False:
+        return "F"
+    cls = type(value)
+    if cls is str:
+        return json.dumps(value, ensure_ascii=False)
+    if cls is int:
+        return f"i{value}"
+    if cls is float:
+        return f"f{value!r}"
+    if isinstance(value, list | tuple):
+        open_, close = ("[", "]") if isinstance(value, list) else ("(", ")")
+        return open_ + ",".join(_canonical(v, depth + 1) for v in value) + close
+    if isinstance(value, dict):
+        items = sorted(
+            f"{_canonical(k, depth + 1)}:{_canonical(v, depth + 1)}" for k, v in value.items()
+        )
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, set | frozenset):
+        return "<" + ",".join(sorted(_canonical(v, depth + 1) for v in value)) + ">"
+    if isinstance(value, bytes | Decimal | dt.date | dt.time | dt.timedelta | uuid.UUID):
+        return "c" + codec.encode_str(value)
+    # Subclasses (str and int enums, bool-likes) enter as their base value.
+    if isinstance(value, str):
+        return _canonical(value[:], depth)
+    if isinstance(value, int):
+        return _canonical(int(value), depth)
+    if isinstance(value, float):
+        return _canonical(float(value), depth)
+    raise TypeError(
+        f"cannot use a {cls.__module__}.{cls.__qualname__} as a cache key fragment: give "
+        "model instances or classes, identities, or plain values (str, int, float, bool, "
+        "None, lists, tuples, dicts, sets, bytes, Decimal, dates, UUID)"
+    )
+
+
+# --------------------------------------------------------------------------- keys
+
+
+class _Outage:
+    """Rate-limits the log of an outage: one warning, then one per interval."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self._logged = 0.0
+
+    def failed(self, exc: BaseException) -> None:
+        now = mod_time.monotonic()
+        with self._lock:
+            first = self._since is None
+            if first:
+                self._since = now
+            due = first or now - self._logged >= OUTAGE_LOG_INTERVAL
+            if due:
+                self._logged = now
+        if due:
+            log.warning(
+                "cache_key could not reach Redis (%s); returning fresh keys (cache misses) "
+                "until it is back",
+                exc,
+            )
+
+    def recovered(self) -> None:
+        if self._since is None:
+            return
+        with self._lock:
+            since, self._since = self._since, None
+        if since is not None:
+            log.info("cache_key reaches Redis again after %.1fs", mod_time.monotonic() - since)
+
+
+class CacheKeyGenerator:
+    """Builds cache keys from fragments; ``generator(*fragments) -> str``.
+
+    ``redis`` is a ``redis.Redis`` (tokens under ``key_prefix``), a
+    :class:`~pyramid_transient.connection.RedisManager` (its ``cache`` database and
+    prefix), or a :class:`~pyramid_transient.invalidation.TokenStore`.
+
+    The key is a 40-character hex digest of the fragments, in order, with each model
+    fragment replaced by its current token(s). Any number of fragments costs one round
+    trip, first-time token creation included. If Redis cannot be reached the call does not
+    raise: it logs and returns a key never seen before, so the cache misses rather than
+    serving stale data.
+    """
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        key_prefix: str = "",
+        token_ttl: int | None = None,
+    ) -> None:
+        if isinstance(redis, TokenStore):
+            self.store = redis
+        else:
+            self.store = token_store(redis, key_prefix=key_prefix, ttl=token_ttl)
+        self._outage = _Outage()
+
+    def __call__(self, *fragments: Any) -> str:
+        parts: list[Any] = []
+        identities: dict[Identity, int] = {}
+        for fragment in fragments:
+            cls = type(fragment)
+            if cls in _PLAIN:
+                parts.append(_canonical(fragment))
+                continue
+            if cls is Identity:
+                ids: Sequence[Identity] = (fragment,)
+            elif isinstance(fragment, _VALUES):
+                parts.append(_canonical(fragment))
+                continue
+            else:
+                ids = identities_of(fragment)
+            parts.append(tuple(identities.setdefault(i, len(identities)) for i in ids))
+        digest = hashlib.blake2b(digest_size=20)
+        if identities:
+            try:
+                tokens = self.store.tokens(list(identities))
+            except redis.RedisError as exc:
+                self._outage.failed(exc)
+                digest.update(b"nonce\x1f" + secrets.token_bytes(16))
+                return digest.hexdigest()
+            self._outage.recovered()
+        else:
+            tokens = []
+        for part in parts:
+            if isinstance(part, tuple):
+                digest.update(b"\x1et")
+                for index in part:
+                    digest.update(b"\x1f")
+                    digest.update(tokens[index])
+            else:
+                digest.update(b"\x1ev")
+                digest.update(part.encode("utf-8"))
+        return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- regions
+
+
+def _deserialize(data: bytes) -> Any:
+    try:
+        return codec.decode(data)
+    except CodecError as exc:
+        log.warning("ignoring a corrupt cached value (treated as missing): %s", exc)
+        raise CantDeserializeException() from None
+
+
+class TransientRedisBackend(RedisBackend):
+    """dogpile's Redis backend on a client we already have, with our key layout.
+
+    Arguments: ``client`` (a ``redis.Redis``), ``keyspace`` (values under
+    ``<keyspace>:<region>:v:<key>``, locks under ``...:l:<key>``), ``region`` (name),
+    ``lock_timeout`` (seconds; required: a fill lock always expires) and
+    ``redis_expiration_time``. Multi-key operations are pipelines of single-key commands,
+    so they are legal on a Cluster.
+    """
+
+    def __init__(self, arguments: dict[str, Any]) -> None:
+        arguments = dict(arguments)
+        self._client = arguments.pop("client")
+        keyspace: KeySpace = arguments.pop("keyspace")
+        region = quote(arguments.pop("region"))
+        self._values = keyspace.key(region, "v") + ":"
+        self._locks = keyspace.key(region, "l") + ":"
+        if not arguments.get("lock_timeout"):
+            raise ValueError("TransientRedisBackend needs a lock_timeout (seconds)")
+        arguments.setdefault("distributed_lock", True)
+        arguments.setdefault("thread_local_lock", False)
+        super().__init__(arguments)  # type: ignore[no-untyped-call]
+
+    def _imports(self) -> None:
+        pass
+
+    def _create_client(self) -> None:
+        self.writer_client = self.reader_client = self._client
+
+    def key_mangler(self, key: str) -> str:
+        return self._values + quote(key)
+
+    def get_mutex(self, key: str) -> Any:
+        # dogpile hands us the mangled key; our lock key sits next to the value's.
+        own = key[len(self._values) :] if key.startswith(self._values) else quote(key)
+        return _LockWrapper(
+            self.writer_client.lock(
+                self._locks + own,
+                timeout=self.lock_timeout,
+                sleep=self.lock_sleep,
+                thread_local=self.thread_local_lock,
+                blocking=self.lock_blocking,
+                blocking_timeout=self.lock_blocking_timeout,
+            )
+        )
+
+    def get_serialized(self, key: str) -> Any:
+        value = self.reader_client.get(key)
+        return NO_VALUE if value is None else self._checked(key, value)
+
+    def get_serialized_multi(self, keys: Iterable[str]) -> list[Any]:
+        keys = list(keys)
+        if not keys:
+            return []
+        pipe = self.reader_client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        return [
+            NO_VALUE if v is None else self._checked(k, v)
+            for k, v in zip(keys, pipe.execute(), strict=True)
+        ]
+
+    @staticmethod
+    def _checked(key: str, value: Any) -> Any:
+        # dogpile parses the metadata before our deserializer runs: check it here so a
+        # corrupt entry is a miss, not an error.
+        metadata, sep, _ = value.partition(b"|")
+        try:
+            if not sep or not isinstance(json.loads(metadata), dict):
+                raise ValueError("no metadata")
+        except ValueError as exc:
+            log.warning("ignoring a corrupt cache entry %r (treated as missing): %s", key, exc)
+            return NO_VALUE
+        return value
+
+    def set_serialized_multi(self, mapping: Mapping[str, bytes]) -> None:
+        pipe = self.writer_client.pipeline(transaction=False)
+        for key, value in mapping.items():
+            if self.redis_expiration_time:
+                pipe.setex(key, self.redis_expiration_time, value)
+            else:
+                pipe.set(key, value)
+        pipe.execute()
+
+    def delete_multi(self, keys: Iterable[str]) -> None:
+        pipe = self.writer_client.pipeline(transaction=False)
+        for key in keys:
+            pipe.delete(key)
+        pipe.execute()
+
+
+class _LockWrapper:
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+
+    def acquire(self, wait: bool = True) -> bool:
+        return bool(self.lock.acquire(blocking=wait))
+
+    def release(self) -> None:
+        try:
+            self.lock.release()
+        except redis.exceptions.LockError as exc:
+            # The lock expired (lock_timeout) while the creator ran; the value is stored
+            # anyway, and another process may have refilled it meanwhile.
+            log.warning("a cache fill outlived its lock (transient.cache.lock_timeout): %s", exc)
+
+    def locked(self) -> bool:
+        return bool(self.lock.locked())
+
+
+#: The dogpile backend name of :class:`TransientRedisBackend`.
+BACKEND = "pyramid_transient.redis"
+register_backend(BACKEND, __name__, "TransientRedisBackend")  # type: ignore[no-untyped-call]
+
+
+class TransientRegion(CacheRegion):
+    """A dogpile :class:`~dogpile.cache.region.CacheRegion` with cache-key helpers."""
+
+    def get_or_create_for(
+        self,
+        cache_key: Callable[..., str],
+        fragments: Sequence[Any],
+        creator: Callable[[], Any],
+        *,
+        expiration_time: float | None = None,
+        should_cache_fn: Callable[[Any], bool] | None = None,
+    ) -> Any:
+        """The cached value for ``cache_key(*fragments)``, created by ``creator`` on a miss.
+
+        The key is computed first, before the creator reads any data: if a commit changes
+        that data meanwhile, the value lands under the old key, which nobody computes
+        again, instead of stale data under the new key.
+        """
+        key = cache_key(*fragments)
+        return self.get_or_create(
+            key, creator, expiration_time=expiration_time, should_cache_fn=should_cache_fn
+        )
+
+
+def make_regions(manager: RedisManager) -> dict[str, TransientRegion]:
+    """The regions ``transient.cache.regions`` names, on the manager's ``cache`` database."""
+    cache = manager.settings.cache
+    regions: dict[str, TransientRegion] = {}
+    for name in cache.regions:
+        expiration = cache.region_expiration.get(name, cache.expiration)
+        region = TransientRegion(name=name, serializer=codec.encode, deserializer=_deserialize)
+        region.configure(
+            BACKEND,
+            expiration_time=expiration,
+            arguments={
+                "client": _LazyClient(manager),
+                "keyspace": manager.keyspace("cache"),
+                "region": name,
+                "lock_timeout": cache.lock_timeout,
+                # Redis keeps a value a while past its soft expiration, so dogpile can
+                # serve it to others while one process refills it.
+                "redis_expiration_time": expiration * 2 + cache.lock_timeout,
+            },
+        )
+        regions[name] = region
+    return regions
+
+
+class _LazyClient:
+    """Resolves the manager's ``cache`` client on use: nothing connects at config time,
+    and a forked worker gets its own pool."""
+
+    def __init__(self, manager: RedisManager) -> None:
+        self._manager = manager
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._manager.get("cache"), name)
+
+
+# --------------------------------------------------------------------------- Pyramid glue
+
+
+class _IRegions(Interface):  # type: ignore[misc]
+    """Registry utility holding the app's cache regions."""
+
+
+class _Regions:
+    def __init__(self, regions: dict[str, TransientRegion]) -> None:
+        self.regions = regions
+
+
+def get_region(request_or_registry: Any, name: str = "default") -> TransientRegion:
+    """The cache region ``name`` of the app, from a request or a registry."""
+    registry = getattr(request_or_registry, "registry", request_or_registry)
+    holder = cast(_Regions | None, registry.queryUtility(_IRegions))
+    if holder is None:
+        holder = _Regions(make_regions(get_manager(registry)))
+        registry.registerUtility(holder, _IRegions)
+    try:
+        return holder.regions[name]
+    except KeyError:
+        names = ", ".join(repr(n) for n in holder.regions)
+        raise LookupError(
+            f"no cache region is named {name!r}; configured regions are {names} "
+            f"(add it to transient.cache.regions)"
+        ) from None
+
+
+def _cache_key(request: Any) -> CacheKeyGenerator:
+    return CacheKeyGenerator(get_manager(request))
 
 
 def includeme(config: Any) -> None:
-    from .connection import include_manager
-
+    """Add ``request.cache_key``, the regions, and the SQLAlchemy hooks when
+    ``transient.cache.sqlalchemy_session`` names a session."""
     include_manager(config)
+    manager = get_manager(config.registry)
+    if config.registry.queryUtility(_IRegions) is None:
+        config.registry.registerUtility(_Regions(make_regions(manager)), _IRegions)
+    config.add_request_method(_cache_key, "cache_key", reify=True)
+    dotted = manager.settings.cache.sqlalchemy_session
+    if dotted:
+        register(config.maybe_dotted(dotted), manager)

@@ -1,0 +1,693 @@
+"""Tokens that change when SQL data changes: identities, the token store, SQLAlchemy hooks.
+
+A *token* is a short random string kept in Redis for each row and each table the
+application caches. Cache keys are built from tokens (:mod:`pyramid_transient.cache`);
+when a transaction that changed a row commits, the row's token and its table's token are
+deleted, the next reader creates new random ones with ``SET NX`` semantics, and every key
+built from the old tokens is never computed again.
+
+Identities name what a token belongs to:
+
+* a row: ``r:<table>:<pk>[:<pk>...]``, see :func:`row_identity`;
+* a table: ``t:<table>``, see :func:`table_identity`.
+
+The table name is schema-qualified (``schema.table``) and every part goes through
+:func:`~pyramid_transient.keys.quote` (dots in names escaped as well), so two rows or two
+tables never share an identity, whatever their primary key types or names.
+
+All tokens of one key prefix share the Cluster hash tag ``{tokens}``: any set of tokens is
+read (or deleted) by one Lua script in one round trip, on a single server and on a
+Cluster alike.
+
+Hooks: :func:`register` binds an :class:`InvalidationListener` to a SQLAlchemy session,
+``scoped_session``, ``sessionmaker`` or ``Session`` class. Changes are recorded in memory
+per transaction (a savepoint's own changes are dropped when it rolls back) and the
+tokens are deleted after the commit, in one round trip. Nothing here raises into the
+application after the database has committed: a failed invalidation is logged and kept in
+a bounded in-memory backlog, retried with the next round trip to the same client and by a
+background timer. What it cannot retry (a process that dies) is bounded by the token's
+time to live.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+import threading
+import uuid
+import weakref
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from typing import Any, cast
+
+import redis
+
+from .keys import KeySpace, quote
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_TOKEN_TTL",
+    "TOKENS_SCRIPT",
+    "Identity",
+    "InvalidationListener",
+    "TokenStore",
+    "get_token",
+    "identities_of",
+    "register",
+    "row_identity",
+    "table_identity",
+    "token_store",
+]
+
+#: Seconds a token lives unless ``transient.cache.token_ttl`` says otherwise.
+DEFAULT_TOKEN_TTL = 24 * 3600
+
+#: The hash tag every token key carries, so that one script may touch any set of them.
+TOKEN_TAG = "tokens"
+
+#: Most token keys kept for retry after failed invalidations; older ones are dropped (and
+#: logged): their staleness is then bounded by the token time to live.
+MAX_BACKLOG = 100_000
+
+#: Seconds between background retries of failed invalidations (the last one repeats).
+RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+# Deletes the tokens that a commit invalidated, then reads (creating when missing) the
+# tokens a cache key needs, atomically and in one round trip. Deleting first lets a read
+# that carries retried invalidations never see the old tokens.
+#
+# KEYS[1..ARGV[1]]          token keys to invalidate (deleted)
+# KEYS[ARGV[1]+1..#KEYS]    token keys to read; a missing one is created with SET NX EX
+# ARGV[1]                   how many of KEYS to invalidate
+# ARGV[2]                   token time to live, in seconds
+# ARGV[3]                   random base of new tokens: KEYS[i] gets ARGV[3] .. i
+#
+# Returns the tokens of the keys read, in order. Every key shares the {tokens} hash tag.
+TOKENS_SCRIPT = """
+local n = tonumber(ARGV[1])
+for i = 1, n, 1000 do
+  redis.call('DEL', unpack(KEYS, i, math.min(i + 999, n)))
+end
+local tokens = {}
+for i = n + 1, #KEYS do
+  local token = redis.call('GET', KEYS[i])
+  if not token then
+    token = ARGV[3] .. i
+    redis.call('SET', KEYS[i], token, 'NX', 'EX', ARGV[2])
+  end
+  tokens[#tokens + 1] = token
+end
+return tokens
+"""
+
+
+# --------------------------------------------------------------------------- identities
+
+
+class Identity(str):
+    """The identity of a row (``r:...``) or a table (``t:...``): a ``str`` that names a token.
+
+    Built by :func:`row_identity`, :func:`table_identity` or :func:`identities_of`. As a
+    cache key fragment an ``Identity`` stands for its token, while a plain ``str`` is a
+    value.
+    """
+
+    __slots__ = ()
+
+    @property
+    def is_row(self) -> bool:
+        return self.startswith("r:")
+
+
+def _name(text: str) -> str:
+    # Dots separate schema and table, so a dot inside a name must not read as one.
+    return quote(text).replace(".", "%2E")
+
+
+def _qualified(name: str, schema: str | None) -> str:
+    return f"{_name(schema)}.{_name(name)}" if schema else _name(name)
+
+
+def _table_parts(table: Any, schema: str | None) -> tuple[str, str | None]:
+    if isinstance(table, str):
+        return table, schema
+    name = getattr(table, "name", None)
+    if not isinstance(name, str):
+        raise TypeError(
+            f"a table must be a name (str) or a SQLAlchemy Table, not {type(table).__name__}"
+        )
+    return name, getattr(table, "schema", None) if schema is None else schema
+
+
+def _pk_part(value: Any) -> str:
+    # One text per primary key value. The types of one column do not change, so this only
+    # has to be injective per type; equal values of the usual types give the same text
+    # (row_identity("users", 42) and row_identity("users", "42") name the same row).
+    if value is None:
+        raise ValueError("a primary key value is None: the row has no identity yet (flush it)")
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return quote(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, Decimal):
+        if value == value.to_integral_value():
+            return str(int(value))
+        return format(value.normalize(), "f")
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, bytes):
+        return "x" + value.hex()
+    if isinstance(value, dt.date | dt.time):
+        return quote(value.isoformat())
+    return quote(str(value))
+
+
+def table_identity(table: Any, *, schema: str | None = None) -> Identity:
+    """The identity of a table: a SQLAlchemy ``Table`` or a name (with ``schema``)."""
+    name, schema = _table_parts(table, schema)
+    return Identity("t:" + _qualified(name, schema))
+
+
+def row_identity(table: Any, *pk: Any, schema: str | None = None) -> Identity:
+    """The identity of the row of ``table`` whose primary key is ``pk`` (one value or more).
+
+    >>> row_identity("users", 42)
+    'r:users:42'
+    >>> row_identity("a:b", "x y", 3, schema="s")
+    'r:s.a%3Ab:x%20y:3'
+    """
+    if not pk:
+        raise ValueError("row_identity() needs the primary key value(s) of the row")
+    name, schema = _table_parts(table, schema)
+    return Identity("r:" + _qualified(name, schema) + ":" + ":".join(map(_pk_part, pk)))
+
+
+class _MapperInfo:
+    __slots__ = ("row_table", "tables")
+
+    def __init__(self, mapper: Any) -> None:
+        #: The table whose primary key is the identity (the base mapper's table).
+        self.row_table = mapper.base_mapper.local_table
+        #: Every table a change through this mapper may write (joined inheritance: all).
+        self.tables = tuple(dict.fromkeys(table_identity(t) for t in mapper.tables))
+
+    def row(self, pk: Sequence[Any]) -> Identity:
+        return row_identity(self.row_table, *pk)
+
+
+_MAPPERS: weakref.WeakKeyDictionary[Any, _MapperInfo] = weakref.WeakKeyDictionary()
+
+
+def _mapper_info(mapper: Any) -> _MapperInfo:
+    info = _MAPPERS.get(mapper)
+    if info is None:
+        info = _MAPPERS[mapper] = _MapperInfo(mapper)
+    return info
+
+
+def identities_of(obj: Any) -> tuple[Identity, ...]:
+    """The identities a cache key fragment stands for.
+
+    * an :class:`Identity` (or, here only, any ``str``): itself;
+    * a persistent mapped instance: its row;
+    * a mapped class: every table it maps (for joined inheritance, the parent tables too);
+    * a SQLAlchemy ``Table``: that table.
+
+    Raises :class:`TypeError` for anything else and :class:`ValueError` for an instance
+    that has no primary key yet (a pending or transient object).
+    """
+    if isinstance(obj, str):
+        return (obj if type(obj) is Identity else Identity(obj),)
+    from sqlalchemy import Table, inspect  # lazily: SQLAlchemy is an optional dependency
+
+    if isinstance(obj, Table):
+        return (table_identity(obj),)
+    insp = inspect(obj, raiseerr=False)
+    if insp is None:
+        raise TypeError(
+            f"cannot take the identity of a {type(obj).__name__}: give a mapped instance, "
+            "a mapped class, a Table or an identity string"
+        )
+    if getattr(insp, "is_mapper", False):
+        return _mapper_info(insp).tables
+    key = getattr(insp, "key", None)
+    mapper = getattr(insp, "mapper", None)
+    if mapper is None:
+        raise TypeError(f"cannot take the identity of {obj!r}")
+    if key is None:
+        raise ValueError(
+            f"{type(obj).__name__} instance {obj!r} has no identity yet: flush the session "
+            "before building a cache key from it"
+        )
+    return (_mapper_info(mapper).row(key[1]),)
+
+
+# --------------------------------------------------------------------------- token store
+
+
+_SCRIPTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_SCRIPTS_LOCK = threading.Lock()
+
+
+def _script(client: Any) -> Any:
+    script = _SCRIPTS.get(client)
+    if script is None:
+        with _SCRIPTS_LOCK:
+            script = _SCRIPTS.get(client)
+            if script is None:
+                script = _SCRIPTS[client] = client.register_script(TOKENS_SCRIPT)
+    return script
+
+
+class _Backlog:
+    """Token keys whose invalidation failed, per client, retried until they succeed."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = weakref.ref(client)
+        self._lock = threading.Lock()
+        self._keys: dict[str, None] = {}  # ordered, for dropping the oldest first
+        self._timer: threading.Timer | None = None
+        self._attempt = 0
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def take(self) -> list[str]:
+        with self._lock:
+            keys, self._keys = list(self._keys), {}
+            return keys
+
+    def put_back(self, keys: Iterable[str]) -> None:
+        with self._lock:
+            merged = dict.fromkeys(keys)
+            merged.update(self._keys)
+            overflow = len(merged) - MAX_BACKLOG
+            if overflow > 0:
+                for key in list(merged)[:overflow]:
+                    del merged[key]
+                log.error(
+                    "dropped %d token invalidations after failing to reach Redis (backlog "
+                    "limit %d); data cached under them may be stale until their tokens expire",
+                    overflow,
+                    MAX_BACKLOG,
+                )
+            self._keys = merged
+            self._schedule()
+
+    def succeeded(self) -> None:
+        self._attempt = 0
+
+    def _schedule(self) -> None:
+        # Called with the lock held.
+        if self._timer is not None or not self._keys:
+            return
+        delay = RETRY_DELAYS[min(self._attempt, len(RETRY_DELAYS) - 1)]
+        self._attempt += 1
+        timer = threading.Timer(delay, self._retry)
+        timer.daemon = True
+        self._timer = timer
+        timer.start()
+
+    def _retry(self) -> None:
+        with self._lock:
+            self._timer = None
+        client = self._client()
+        if client is None:
+            return
+        keys = self.take()
+        if not keys:
+            return
+        try:
+            _script(client)(keys=keys, args=[len(keys), 1, ""], client=client)
+        except Exception as exc:
+            log.warning("retrying %d token invalidations failed again: %s", len(keys), exc)
+            self.put_back(keys)
+        else:
+            self.succeeded()
+            log.info("retried %d token invalidations successfully", len(keys))
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+
+_BACKLOGS: weakref.WeakKeyDictionary[Any, _Backlog] = weakref.WeakKeyDictionary()
+_BACKLOGS_LOCK = threading.Lock()
+
+
+def _backlog(client: Any) -> _Backlog:
+    backlog = _BACKLOGS.get(client)
+    if backlog is None:
+        with _BACKLOGS_LOCK:
+            backlog = _BACKLOGS.get(client)
+            if backlog is None:
+                backlog = _BACKLOGS[client] = _Backlog(client)
+    return backlog
+
+
+def pending_invalidations(client: Any) -> int:
+    """How many token invalidations wait for a retry on ``client`` (for monitoring, tests)."""
+    backlog = _BACKLOGS.get(client)
+    return len(backlog) if backlog is not None else 0
+
+
+class TokenStore:
+    """Reads, creates and invalidates tokens in one Redis database.
+
+    ``client`` is a ``redis.Redis`` (or ``RedisCluster``); ``keyspace`` the
+    :class:`~pyramid_transient.keys.KeySpace` of the tokens (``manager.keyspace("token",
+    "cache")`` in an app, ``KeySpace("", "token")`` by default).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keyspace: KeySpace | None = None,
+        *,
+        ttl: int = DEFAULT_TOKEN_TTL,
+    ) -> None:
+        self.client = client
+        self.keyspace = keyspace or KeySpace("", "token")
+        self.ttl = ttl
+        self._tag = "{" + TOKEN_TAG + "}"
+        self._base = self.keyspace.base
+
+    def key(self, identity: str) -> str:
+        """The Redis key of the token of ``identity``."""
+        return f"{self._base}:{self._tag}:{identity}"
+
+    def tokens(self, identities: Sequence[str]) -> list[bytes]:
+        """The tokens of ``identities``, created where missing, in one round trip.
+
+        Invalidations waiting for a retry on the same client go in the same round trip,
+        before the reads. Raises :class:`redis.RedisError` when Redis cannot be reached.
+        """
+        keys = [self.key(i) for i in identities]
+        backlog = _BACKLOGS.get(self.client)
+        retried = backlog.take() if backlog is not None and len(backlog) else []
+        try:
+            result = _script(self.client)(
+                keys=[*retried, *keys],
+                args=[len(retried), self.ttl, secrets.token_hex(12) + "-"],
+                client=self.client,
+            )
+        except Exception:
+            if retried:
+                _backlog(self.client).put_back(retried)
+            raise
+        if retried:
+            _backlog(self.client).succeeded()
+        return cast(list[bytes], result)
+
+    def invalidate(self, identities: Iterable[str]) -> bool:
+        """Delete the tokens of ``identities`` in one round trip; never raises.
+
+        Returns ``False`` when Redis could not be reached: the keys are then kept for a
+        retry (logged), with the next round trip on this client or a background timer.
+        """
+        keys = [self.key(i) for i in identities]
+        backlog = _BACKLOGS.get(self.client)
+        if backlog is not None and len(backlog):
+            keys = list(dict.fromkeys([*backlog.take(), *keys]))
+        if not keys:
+            return True
+        try:
+            _script(self.client)(keys=keys, args=[len(keys), self.ttl, ""], client=self.client)
+        except Exception as exc:
+            log.warning(
+                "could not invalidate %d cache tokens (kept for retry; staleness is bounded "
+                "by transient.cache.token_ttl = %ss): %s",
+                len(keys),
+                self.ttl,
+                exc,
+            )
+            _backlog(self.client).put_back(keys)
+            return False
+        if backlog is not None:
+            backlog.succeeded()
+        return True
+
+
+def token_store(
+    redis_or_manager: Any, *, key_prefix: str = "", ttl: int | None = None
+) -> TokenStore:
+    """A :class:`TokenStore` for a ``redis.Redis`` or a ``RedisManager`` (its ``cache`` db).
+
+    With a bare client the keys are ``{key_prefix}:token:...``; pass the app's
+    ``transient.key_prefix`` so that a worker writes the tokens the app reads.
+    """
+    from .connection import RedisManager
+
+    if isinstance(redis_or_manager, RedisManager):
+        manager = redis_or_manager
+        return TokenStore(
+            manager.get("cache"),
+            manager.keyspace("token", "cache"),
+            ttl=ttl or manager.settings.cache.token_ttl,
+        )
+    return TokenStore(
+        redis_or_manager, KeySpace(key_prefix, "token"), ttl=ttl or DEFAULT_TOKEN_TTL
+    )
+
+
+def get_token(redis_or_manager: Any, instance_or_identity: Any, *, key_prefix: str = "") -> str:
+    """The current token of a row or table (created if missing), as text.
+
+    ``instance_or_identity`` is anything :func:`identities_of` accepts that names one
+    token (an instance, a single-table class, a ``Table`` or an identity string). Raises
+    :class:`redis.RedisError` if Redis cannot be reached.
+    """
+    identities = identities_of(instance_or_identity)
+    if len(identities) != 1:
+        raise ValueError(
+            f"{instance_or_identity!r} names {len(identities)} tokens; give one table or row"
+        )
+    store = token_store(redis_or_manager, key_prefix=key_prefix)
+    return store.tokens(identities)[0].decode("ascii")
+
+
+# --------------------------------------------------------------------------- SQLAlchemy hooks
+
+
+def _current(session: Any) -> Any:
+    # The transaction that owns work done now: the innermost savepoint, else the root.
+    # Flush runs in an internal subtransaction; its work belongs to the enclosing one.
+    return session.get_nested_transaction() or session.get_transaction()
+
+
+def _owner(transaction: Any) -> Any:
+    parent = transaction.parent
+    while parent is not None and not parent.nested and parent.parent is not None:
+        parent = parent.parent
+    return parent
+
+
+class InvalidationListener:
+    """Records what each transaction changed and invalidates its tokens once it commits.
+
+    Made by :func:`register`; its methods are named after the SQLAlchemy session events
+    they handle. Pending changes live in memory, per session transaction: nothing is
+    written to Redis before the commit, so a session elsewhere committing in between never
+    sees, consumes or discards them.
+    """
+
+    #: The events bound by :func:`register`, in order.
+    EVENTS = ("after_flush", "do_orm_execute", "after_commit", "after_transaction_end")
+
+    def __init__(
+        self,
+        target: Any,
+        redis: Any = None,
+        *,
+        key_prefix: str = "",
+        token_ttl: int | None = None,
+    ) -> None:
+        #: The session, sessionmaker or class the events are bound to.
+        self.target = target
+        self._redis = redis
+        self._key_prefix = key_prefix
+        self._token_ttl = token_ttl
+        self._store: TokenStore | None = None
+        self._pending: weakref.WeakKeyDictionary[Any, set[Identity]] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ where to
+
+    def store(self) -> TokenStore:
+        """The token store invalidations go to (the running app's, when none was given)."""
+        if self._redis is not None:
+            if self._store is None:
+                self._store = token_store(
+                    self._redis, key_prefix=self._key_prefix, ttl=self._token_ttl
+                )
+            return self._store
+        from .connection import current_manager
+
+        return token_store(current_manager(), ttl=self._token_ttl)
+
+    # ------------------------------------------------------------------ recording
+
+    def mark_changed(self, session: Any, *objects: Any) -> None:
+        """Record changes SQLAlchemy cannot see (raw SQL): instances, classes, tables,
+        identities. They are invalidated when the current transaction commits."""
+        found: set[Identity] = set()
+        for obj in objects:
+            if isinstance(obj, str):
+                found.add(Identity(obj))
+                continue
+            found.update(self._changed_identities(obj))
+        self._record(session, found)
+
+    def _record(self, session: Any, identities: Iterable[Identity]) -> None:
+        transaction = _current(session)
+        if transaction is None:
+            return
+        with self._lock:
+            pending = self._pending.get(transaction)
+            if pending is None:
+                pending = self._pending[transaction] = set()
+            pending.update(identities)
+
+    @staticmethod
+    def _changed_identities(obj: Any) -> tuple[Identity, ...]:
+        from sqlalchemy import inspect
+
+        insp = inspect(obj, raiseerr=False)
+        if insp is not None and not getattr(insp, "is_mapper", True):
+            info = _mapper_info(insp.mapper)
+            found = list(info.tables)
+            if insp.key is not None:
+                found.append(info.row(insp.key[1]))
+            pk = insp.mapper.primary_key_from_instance(obj)
+            if None not in pk:
+                found.append(info.row(pk))
+            return tuple(found)
+        return identities_of(obj)
+
+    # ------------------------------------------------------------------ events
+
+    def after_flush(self, session: Any, flush_context: Any) -> None:
+        """Record the rows and tables written by a flush (into the current savepoint)."""
+        found: set[Identity] = set()
+        for state, (is_delete, list_only) in list(flush_context.states.items()):
+            if list_only:
+                continue
+            obj = state.obj()
+            if obj is None:
+                continue
+            if not is_delete and state.key is not None and not session.is_modified(obj):
+                continue  # in the flush for bookkeeping only: no row written
+            found.update(self._changed_identities(obj))
+        if found:
+            self._record(session, found)
+
+    def do_orm_execute(self, orm_execute_state: Any) -> None:
+        """Record the tables (and rows named by primary key) of bulk INSERT/UPDATE/DELETE."""
+        state = orm_execute_state
+        if not (state.is_update or state.is_delete or state.is_insert):
+            return
+        found: set[Identity] = set()
+        mapper = state.bind_mapper
+        if mapper is not None:
+            info = _mapper_info(mapper)
+            found.update(info.tables)
+            params = state.parameters
+            if isinstance(params, list):
+                keys = [c.key for c in mapper.primary_key]
+                for row in params:
+                    if isinstance(row, dict) and all(k in row for k in keys):
+                        found.add(info.row([row[k] for k in keys]))
+        table = getattr(state.statement, "table", None)
+        if isinstance(getattr(table, "name", None), str):
+            found.add(table_identity(table))
+        self._record(state.session, found)
+
+    def after_commit(self, session: Any) -> None:
+        """A savepoint's release hands its changes to its parent; the root's commit
+        invalidates every change in one round trip. Never raises."""
+        transaction = _current(session)
+        if transaction is None:
+            return
+        with self._lock:
+            pending = self._pending.pop(transaction, None)
+            if pending and transaction.nested:
+                owner = _owner(transaction)
+                if owner is not None:
+                    self._pending.setdefault(owner, set()).update(pending)
+                return
+        if not pending or transaction.nested:
+            return
+        try:
+            self.store().invalidate(pending)
+        except Exception:  # the database has committed: log, never raise into the app
+            log.exception("could not invalidate %d cache tokens after a commit", len(pending))
+
+    def after_transaction_end(self, session: Any, transaction: Any) -> None:
+        """Whatever a transaction still holds when it ends was not committed: drop it."""
+        with self._lock:
+            self._pending.pop(transaction, None)
+
+    def pending(self, session: Any) -> frozenset[Identity]:
+        """The identities recorded so far in the session's current transaction (or savepoint)."""
+        transaction = _current(session)
+        with self._lock:
+            return frozenset(self._pending.get(transaction, ())) if transaction else frozenset()
+
+    # ------------------------------------------------------------------ binding
+
+    def listen(self) -> None:
+        from sqlalchemy import event
+
+        for name in self.EVENTS:
+            event.listen(self.target, name, getattr(self, name))
+
+    def remove(self) -> None:
+        """Unbind the events."""
+        from sqlalchemy import event
+
+        for name in self.EVENTS:
+            if event.contains(self.target, name, getattr(self, name)):
+                event.remove(self.target, name, getattr(self, name))
+        with _REGISTERED_LOCK:
+            if _REGISTERED.get(id(self.target)) is self:
+                del _REGISTERED[id(self.target)]
+
+
+_REGISTERED: dict[int, InvalidationListener] = {}
+_REGISTERED_LOCK = threading.Lock()
+
+
+def register(
+    session_or_sessionmaker: Any,
+    redis: Any = None,
+    *,
+    key_prefix: str = "",
+    token_ttl: int | None = None,
+) -> InvalidationListener:
+    """Bind the invalidation hooks to a session, ``scoped_session``, ``sessionmaker`` or
+    ``Session`` class, and return the :class:`InvalidationListener`.
+
+    ``redis`` is where invalidations go: a ``redis.Redis`` (keys under ``key_prefix``, as
+    in scripts, workers and tests) or a
+    :class:`~pyramid_transient.connection.RedisManager`; ``None`` means the running app's
+    manager at commit time. Registering a target again replaces its previous listener.
+    """
+    with _REGISTERED_LOCK:
+        previous = _REGISTERED.get(id(session_or_sessionmaker))
+    if previous is not None and previous.target is session_or_sessionmaker:
+        previous.remove()
+    listener = InvalidationListener(
+        session_or_sessionmaker, redis, key_prefix=key_prefix, token_ttl=token_ttl
+    )
+    listener.listen()
+    with _REGISTERED_LOCK:
+        _REGISTERED[id(session_or_sessionmaker)] = listener
+    return listener
