@@ -76,3 +76,14 @@ class ConflictError(TransientError):
 
 class SessionTooLarge(TransientError, ValueError):
     """A session payload exceeds ``transient.sessions.max_bytes``."""
+
+
+class ReplicationTimeout(TransientError, TimeoutError):
+    """A write was applied on the master but too few replicas acknowledged it in time."""
+
+    def __init__(self, message: str, *, wanted: int, acknowledged: int) -> None:
+        super().__init__(message)
+        #: Replicas the write waited for (``transient.safe.wait_replicas``).
+        self.wanted = wanted
+        #: Replicas that acknowledged it before the timeout.
+        self.acknowledged = acknowledged
