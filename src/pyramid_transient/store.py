@@ -324,7 +324,8 @@ end
 if kind == 'i' and string.match(cur, '^%-?%d+$') then
   local r = redis.pcall('HINCRBY', H, p, n)
   if type(r) == 'table' and r.err then return redis.error_reply('RANGE') end
-  return tostring(r)
+  -- the reply became a Lua double: read the exact 64-bit text back instead
+  return redis.call('HGET', H, p)
 end
 if not (string.match(cur, '^%-?%d+$') or string.match(cur, '^%-?%d+%.%d+$')
         or string.match(cur, '^%-?%d+%.?%d*[eE][%-+]?%d+$')) then
@@ -703,6 +704,10 @@ def _raise_script_error(exc: redis.ResponseError) -> None:
 def _bind(
     redis_client: Any, db_name: str | None, acquire: float | None, expire: float | None
 ) -> _Binding:
+    from .connection import RedisManager, current_manager
+
+    if isinstance(redis_client, RedisManager):
+        return _bind_manager(redis_client, db_name, acquire, expire)
     if redis_client is not None:
         return _Binding(
             redis_client,
@@ -710,8 +715,6 @@ def _bind(
             DEFAULT_LOCK_ACQUIRE_TIMEOUT if acquire is None else acquire,
             DEFAULT_LOCK_EXPIRE_TIMEOUT if expire is None else expire,
         )
-    from .connection import current_manager
-
     return _bind_manager(current_manager(), db_name, acquire, expire)
 
 
@@ -900,8 +903,9 @@ class Proxy:
 
     :param path: the dotted path (``"section"``, ``"section.a.b"``).
     :param redis: a client to use (scripts, workers, tests); keys then have no prefix
-        (``KeySpace("", "store")``). Without it, the running Pyramid app's manager is
-        looked up at first use, and keys live in its ``store`` database (or ``db_name``).
+        (``KeySpace("", "store")``). A :class:`~pyramid_transient.connection.RedisManager`
+        may be given instead: its ``store`` database (or ``db_name``) and key prefix are
+        used. Without either, the running Pyramid app's manager is looked up at first use.
     :param lock_acquire_timeout: seconds :meth:`acquire` waits (default
         ``transient.store.lock_acquire_timeout``, else 10).
     :param lock_expire_timeout: seconds a lock lives unless extended (default
