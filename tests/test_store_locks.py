@@ -1,0 +1,329 @@
+"""Tree locks of the store: exclusion, re-entry, expiry, fencing, waiting."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from pyramid_transient import store as store_module
+from pyramid_transient.connection import RedisManager
+from pyramid_transient.exceptions import LockNotOwned, LockTimeout
+from pyramid_transient.store import Lock, Proxy, current_owner, root, section
+
+
+@pytest.fixture
+def client(transient_manager: RedisManager) -> Any:
+    return transient_manager.get("store")
+
+
+def other_owner(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in another thread (another owner); return its result or its exception."""
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except Exception as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(10)
+    return box[0]
+
+
+def lock(client: Any, path: str, **kwargs: Any) -> Lock:
+    return Lock(client, path, **kwargs)
+
+
+def try_lock(client: Any, path: str) -> Any:
+    """Another owner's non-blocking attempt: the token, or the LockTimeout."""
+
+    def attempt() -> Any:
+        other = lock(client, path)
+        token = other.acquire(blocking=False)
+        other.release()
+        return token
+
+    return other_owner(attempt)
+
+
+# ---------------------------------------------------------------------- exclusion
+
+
+def test_other_owner_cannot_take_the_same_path(client: Any) -> None:
+    with lock(client, "a.b"):
+        assert isinstance(try_lock(client, "a.b"), LockTimeout)
+
+
+def test_other_owner_cannot_take_a_descendant(client: Any) -> None:
+    with lock(client, "a.b"):
+        assert isinstance(try_lock(client, "a.b.c"), LockTimeout)
+
+
+def test_other_owner_cannot_take_an_ancestor(client: Any) -> None:
+    with lock(client, "a.b"):
+        assert isinstance(try_lock(client, "a"), LockTimeout)
+
+
+@pytest.mark.parametrize("sibling", ["a.c", "a.bc", "a.b-", "other"])
+def test_other_owner_can_take_a_sibling(client: Any, sibling: str) -> None:
+    with lock(client, "a.b"):
+        assert isinstance(try_lock(client, sibling), int)
+
+
+def test_lock_timeout_names_the_path(client: Any) -> None:
+    with lock(client, "a.b"):
+        error = try_lock(client, "a.b")
+    assert error.lock_name == "a.b"
+    assert "'a.b'" in str(error)
+
+
+def test_after_release_another_owner_can_take_it(client: Any) -> None:
+    first = lock(client, "a")
+    first.acquire()
+    first.release()
+    assert isinstance(try_lock(client, "a.b"), int)
+
+
+# ---------------------------------------------------------------------- re-entry
+
+
+def test_same_owner_reenters_and_must_release_as_often(client: Any) -> None:
+    held = lock(client, "a")
+    held.acquire()
+    held.acquire()
+    held.release()
+    assert isinstance(try_lock(client, "a"), LockTimeout)
+    held.release()
+    assert isinstance(try_lock(client, "a"), int)
+
+
+def test_same_owner_can_lock_below_its_own_lock(client: Any) -> None:
+    with section("a", redis=client) as outer, outer.get("b.c") as inner:
+        assert inner.owns_lock()
+
+
+def test_owner_tokens_are_random_per_thread() -> None:
+    mine = current_owner()
+    theirs = other_owner(current_owner)
+    assert mine != theirs
+    assert len(mine) == 32
+    assert str(threading.get_ident()) not in mine
+
+
+# ---------------------------------------------------------------------- release
+
+
+def test_release_by_a_non_owner_raises_and_frees_nothing(client: Any) -> None:
+    held = lock(client, "a")
+    held.acquire()
+    error = other_owner(lambda: lock(client, "a").release())
+    assert isinstance(error, LockNotOwned)
+    assert isinstance(try_lock(client, "a"), LockTimeout)
+    held.release()
+
+
+def test_release_without_acquire_raises_lock_not_owned(client: Any) -> None:
+    with pytest.raises(LockNotOwned, match="'a'"):
+        lock(client, "a").release()
+
+
+def test_lock_not_owned_is_a_value_error(client: Any) -> None:
+    with pytest.raises(ValueError):
+        lock(client, "a").release()
+
+
+# ---------------------------------------------------------------------- expiry
+
+
+def test_lock_expires_when_its_holder_dies(client: Any) -> None:
+    lock(client, "a", expire_timeout=0.05).acquire()  # never released: the holder "died"
+    time.sleep(0.08)
+    assert isinstance(try_lock(client, "a"), int)
+
+
+def test_extend_keeps_the_lock_past_its_expiry(client: Any) -> None:
+    held = lock(client, "a", expire_timeout=0.1)
+    held.acquire()
+    time.sleep(0.06)
+    held.extend()
+    time.sleep(0.06)
+    assert held.owned()
+    held.release()
+
+
+def test_extend_by_additional_time(client: Any) -> None:
+    held = lock(client, "a", expire_timeout=0.05)
+    held.acquire()
+    held.extend(10)
+    time.sleep(0.08)
+    assert held.owned()
+    held.release()
+
+
+def test_holder_can_tell_it_lost_the_lock(client: Any) -> None:
+    held = lock(client, "a", expire_timeout=0.05)
+    held.acquire()
+    assert held.owned()
+    time.sleep(0.08)
+    assert not held.owned()
+
+
+def test_extending_a_lost_lock_raises_lock_not_owned(client: Any) -> None:
+    held = lock(client, "a", expire_timeout=0.05)
+    held.acquire()
+    time.sleep(0.08)
+    with pytest.raises(LockNotOwned):
+        held.extend()
+
+
+def test_releasing_an_expired_lock_raises_lock_not_owned(client: Any) -> None:
+    held = lock(client, "a", expire_timeout=0.05)
+    held.acquire()
+    time.sleep(0.08)
+    with pytest.raises(LockNotOwned):
+        held.release()
+
+
+# ---------------------------------------------------------------------- fencing
+
+
+def test_each_acquisition_returns_a_greater_fencing_token(client: Any) -> None:
+    tokens = []
+    for _ in range(3):
+        held = lock(client, "a.b")
+        tokens.append(held.acquire())
+        held.release()
+    tokens.append(try_lock(client, "a.b"))
+    assert tokens == sorted(set(tokens))
+    assert len(tokens) == 4
+
+
+def test_fencing_tokens_increase_after_an_expired_hold(client: Any) -> None:
+    first = lock(client, "a", expire_timeout=0.05).acquire()
+    time.sleep(0.08)
+    second = try_lock(client, "a")
+    assert second > first
+
+
+def test_reentry_returns_the_token_of_the_current_hold(client: Any) -> None:
+    held = lock(client, "a")
+    token = held.acquire()
+    assert held.acquire() == token
+    assert held.token == token
+    held.release()
+    held.release()
+    assert held.token is None
+
+
+def test_write_under_a_lost_lock_is_refused(client: Any) -> None:
+    sect = section("s", redis=client, lock_expire_timeout=0.05)
+    sect.set("doc", {"v": 1})
+    doc = sect.get("doc")
+    doc.acquire()
+    time.sleep(0.08)
+    assert isinstance(try_lock(client, "s.doc"), int)  # someone else took it meanwhile
+    with pytest.raises(LockNotOwned):
+        doc.set("v", 2)
+    with pytest.raises(LockNotOwned):
+        doc.get("v").add(1)
+    assert sect.get("doc").val() == {"v": 1}
+
+
+def test_write_under_a_held_lock_goes_through(client: Any) -> None:
+    doc = section("s", redis=client).get("doc")
+    with doc:
+        doc.set("v", 2)
+        doc.get("n").add(1)
+    assert doc.val() == {"v": 2, "n": 1}
+
+
+# ---------------------------------------------------------------------- waiting
+
+
+def test_acquire_past_the_timeout_raises_lock_timeout(client: Any) -> None:
+    with lock(client, "a"):
+        error = other_owner(lambda: lock(client, "a", acquire_timeout=0.05).acquire())
+    assert isinstance(error, LockTimeout)
+
+
+def test_waiter_gets_the_lock_once_it_is_released(client: Any) -> None:
+    taken = threading.Event()
+
+    def hold_briefly() -> None:
+        with lock(client, "a"):
+            taken.set()
+            time.sleep(0.05)
+
+    holder = threading.Thread(target=hold_briefly)
+    holder.start()
+    taken.wait(5)
+    try:
+        token = lock(client, "a", acquire_timeout=5).acquire()
+    finally:
+        holder.join()
+    assert isinstance(token, int)
+
+
+def test_waiting_sleeps_between_attempts(client: Any, monkeypatch: Any) -> None:
+    """No busy spin: with a fake clock, one second of waiting takes a bounded number of
+    attempts, each after a pause."""
+    now = [0.0]
+    pauses: list[float] = []
+
+    class FakeTime:
+        @staticmethod
+        def monotonic() -> float:
+            return now[0]
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            pauses.append(seconds)
+            now[0] += seconds
+
+    with lock(client, "a"):
+        monkeypatch.setattr(store_module, "mod_time", FakeTime)
+        error = other_owner(lambda: lock(client, "a", acquire_timeout=1.0).acquire())
+    assert isinstance(error, LockTimeout)
+    assert all(p > 0 for p in pauses)
+    assert len(pauses) < 60
+
+
+# ---------------------------------------------------------------------- proxy glue
+
+
+def test_is_locked_sees_locks_on_ancestors_and_descendants(client: Any) -> None:
+    sect = section("s", redis=client)
+    assert not sect.get("a.b").is_locked()
+    with sect.get("a"):
+        assert other_owner(lambda: section("s", redis=client).get("a.b").is_locked())
+    with sect.get("a.b.c"):
+        assert other_owner(lambda: section("s", redis=client).get("a").is_locked())
+
+
+def test_the_root_cannot_be_locked(client: Any) -> None:
+    with pytest.raises(ValueError, match="root"):
+        root(redis=client).acquire()
+
+
+def test_proxy_lock_round_trips(client: Any, round_trips: Any) -> None:
+    doc: Proxy = section("s", redis=client).get("doc")
+    doc.acquire()
+    doc.release()
+    with round_trips() as rt:
+        doc.acquire()
+    assert rt.count == 1
+    with round_trips() as rt:
+        doc.release()
+    assert rt.count == 1
+
+
+def test_lock_on_a_manager_uses_its_prefix(transient_manager: RedisManager, client: Any) -> None:
+    with section("s", redis=transient_manager).get("doc"):
+        key = transient_manager.keyspace("store").tagged("s", "locks")
+        assert client.hkeys(key) == [b"doc."]
