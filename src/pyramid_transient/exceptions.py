@@ -87,3 +87,11 @@ class ReplicationTimeout(TransientError, TimeoutError):
         self.wanted = wanted
         #: Replicas that acknowledged it before the timeout.
         self.acknowledged = acknowledged
+
+
+class SessionUnavailable(TransientError, ConnectionError):
+    """The session store could not be reached while loading or saving a session."""
+
+
+class UnknownMessageKind(TransientError, ValueError):
+    """A flash message kind that ``transient.messages.kinds`` does not list."""

@@ -1,9 +1,320 @@
-"""Placeholder: filled in by its issue."""
+"""Flash messages with kinds, on top of Pyramid's ``ISession.flash`` queues.
 
+::
+
+    from pyramid_transient.messages import flash, pop_messages
+
+    flash(request, "Saved.", "success")
+    flash(request, "Welcome back!", on_commit=True)   # only if the transaction commits
+    ...
+    for message in pop_messages(request):             # in the next request's template
+        ...
+
+Each kind (``info``, ``success``, ``warning``, ``error`` and those added by
+``transient.messages.kinds``) is one session flash queue, so
+``request.session.pop_flash("error")`` sees the same messages; a message is stored as a
+small JSON-safe dict. Plain strings flashed with ``request.session.flash(text, kind)`` (or
+into Pyramid's default queue, read as ``info``) come back as :class:`Message` too.
+
+Messages render escaped (``str(message)`` is the text; ``message.__html__()`` the escaped
+markup Jinja2 and Chameleon use), unless flashed with ``html=True``.
+"""
+
+from __future__ import annotations
+
+import html as _html
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
+
+from . import codec
+from .exceptions import TransientError, UnknownMessageKind
+from .settings import DEFAULT_MESSAGE_KINDS
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Markup",
+    "Message",
+    "flash",
+    "includeme",
+    "message_kinds",
+    "peek_messages",
+    "pop_messages",
+    "render_messages",
+]
+
+_QUEUE = "_f_"  # pyramid_session_redis's (and Pyramid's) flash queue key prefix
+_DEFAULT_QUEUE = ""  # Pyramid's default queue, read as "info"
+
+
+class Markup(str):
+    """Text that is already safe HTML (``__html__`` returns it unchanged)."""
+
+    __slots__ = ()
+
+    def __html__(self) -> str:
+        return str(self)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One flash message."""
+
+    text: str
+    kind: str = "info"
+    msg_id: str | None = None
+    #: The text is trusted HTML and rendered as is.
+    html: bool = False
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __html__(self) -> str:
+        """The text as HTML: escaped unless the message was flashed with ``html=True``."""
+        return self.text if self.html else _html.escape(self.text)
+
+    def same_as(self, other: Message) -> bool:
+        """Duplicates compare kind, text and msg_id (not ``html`` or ``extra``)."""
+        return (self.kind, self.text, self.msg_id) == (other.kind, other.text, other.msg_id)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"t": self.text, "k": self.kind}
+        if self.msg_id is not None:
+            data["i"] = self.msg_id
+        if self.html:
+            data["h"] = True
+        if self.extra:
+            data["x"] = dict(self.extra)
+        return data
+
+    @classmethod
+    def from_stored(cls, item: Any, kind: str) -> Message | None:
+        """A message from what a flash queue holds (ours, or a plain string)."""
+        if isinstance(item, str):
+            return cls(item, kind)
+        if isinstance(item, dict) and isinstance(item.get("t"), str):
+            extra = item.get("x")
+            return cls(
+                item["t"],
+                item.get("k", kind) if isinstance(item.get("k"), str) else kind,
+                item.get("i") if isinstance(item.get("i"), str) else None,
+                item.get("h") is True,
+                MappingProxyType(dict(extra)) if isinstance(extra, dict) else MappingProxyType({}),
+            )
+        log.warning("ignoring a flash message of unexpected shape in queue %r: %r", kind, item)
+        return None
+
+
+def message_kinds(request: Any) -> tuple[str, ...]:
+    """The kinds accepted in this app (``transient.messages.kinds``)."""
+    from .connection import IRedisManager
+
+    manager = request.registry.queryUtility(IRedisManager)
+    return tuple(manager.settings.messages.kinds) if manager is not None else DEFAULT_MESSAGE_KINDS
+
+
+def _check_kind(request: Any, kind: str) -> None:
+    kinds = message_kinds(request)
+    if kind not in kinds:
+        raise UnknownMessageKind(
+            f"flash message kind {kind!r} is not one of {', '.join(map(repr, kinds))}; "
+            "add it to transient.messages.kinds"
+        )
+
+
+def _queue(session: Any, kind: str) -> list[Any]:
+    return list(session.peek_flash(kind))
+
+
+def _store(session: Any, message: Message, allow_duplicate: bool) -> bool:
+    if not allow_duplicate:
+        for item in _queue(session, message.kind):
+            stored = Message.from_stored(item, message.kind)
+            if stored is not None and stored.same_as(message):
+                return False
+    session.flash(message.to_json(), message.kind, allow_duplicate=True)
+    return True
+
+
+def flash(
+    request: Any,
+    text: str,
+    kind: str = "info",
+    *,
+    msg_id: str | None = None,
+    html: bool = False,
+    extra: Mapping[str, Any] | None = None,
+    allow_duplicate: bool = False,
+    on_commit: bool = False,
+) -> bool:
+    """Queue a message for the user's next page; ``True`` if it was queued.
+
+    A message equal to one already queued (same kind, text and ``msg_id``) is dropped
+    unless ``allow_duplicate``. ``extra`` must be JSON-safe (our codec). With
+    ``on_commit=True`` the message is kept only if the request's transaction (pyramid_tm)
+    commits; a rolled-back savepoint drops the messages flashed since it; the return
+    value is then ``True`` (decided at commit).
+
+    Raises :class:`~pyramid_transient.exceptions.UnknownMessageKind` for a kind not in
+    ``transient.messages.kinds`` and :class:`TypeError` for text that is not a string or
+    an ``extra`` the codec cannot store.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"flash message text must be a str, not {type(text).__name__}")
+    _check_kind(request, kind)
+    if extra is not None:
+        codec.check(dict(extra))
+    message = Message(
+        text, kind, msg_id, html, MappingProxyType(dict(extra)) if extra else MappingProxyType({})
+    )
+    session = request.session  # loaded now, so a commit hook never waits on Redis
+    if on_commit:
+        _pending(request).add(message, allow_duplicate)
+        return True
+    return _store(session, message, allow_duplicate)
+
+
+def _collect(request: Any, kinds: Iterable[str] | None, pop: bool) -> list[Message]:
+    session = request.session
+    wanted = message_kinds(request) if kinds is None else tuple(kinds)
+    for kind in wanted:
+        _check_kind(request, kind)
+    messages: list[Message] = []
+    queues = [(kind, kind) for kind in wanted]
+    if "info" in wanted:
+        queues.append((_DEFAULT_QUEUE, "info"))
+    for queue, kind in queues:
+        if _QUEUE + queue not in session:
+            continue
+        items = session.pop_flash(queue) if pop else session.peek_flash(queue)
+        for item in items:
+            message = Message.from_stored(item, kind)
+            if message is not None:
+                messages.append(message)
+    return messages
+
+
+def pop_messages(request: Any, kinds: Iterable[str] | None = None) -> list[Message]:
+    """Remove and return the queued messages of ``kinds`` (all kinds by default).
+
+    Messages come grouped by kind, in the order of ``transient.messages.kinds``, each
+    kind in the order flashed.
+    """
+    return _collect(request, kinds, pop=True)
+
+
+def peek_messages(request: Any, kinds: Iterable[str] | None = None) -> list[Message]:
+    """Return the queued messages of ``kinds`` without removing them."""
+    return _collect(request, kinds, pop=False)
+
+
+def render_messages(messages: Iterable[Message]) -> Markup:
+    """HTML for ``messages``: one ``<div class="msg msg-{kind}" role="status">`` each.
+
+    Text is escaped unless the message was flashed with ``html=True``. The result is
+    :class:`Markup`, so Jinja2's autoescaping leaves it as is:
+    ``{{ render_messages(messages) }}``.
+    """
+    parts = []
+    for message in messages:
+        kind = _html.escape(message.kind, quote=True)
+        role = "alert" if message.kind == "error" else "status"
+        parts.append(f'<div class="msg msg-{kind}" role="{role}">{message.__html__()}</div>')
+    return Markup("\n".join(parts))
+
+
+# --------------------------------------------------------------------------- on_commit
+
+
+class _PendingMessages:
+    """A data manager holding ``on_commit`` messages until the transaction commits.
+
+    Savepoint-aware: rolling a savepoint back drops only the messages flashed after it.
+    Delivery (``tpc_finish``) only touches the already-loaded session in memory; the
+    session's own save writes them at the end of the request.
+    """
+
+    def __init__(self, request: Any, txn: Any) -> None:
+        self.request = request
+        self.txn = txn
+        self.transaction_manager = request.tm
+        self.pending: list[tuple[Message, bool]] = []
+
+    def add(self, message: Message, allow_duplicate: bool) -> None:
+        self.pending.append((message, allow_duplicate))
+
+    # IDataManager
+    def abort(self, txn: Any) -> None:
+        self._forget()
+
+    def tpc_begin(self, txn: Any) -> None:
+        pass
+
+    def commit(self, txn: Any) -> None:
+        pass
+
+    def tpc_vote(self, txn: Any) -> None:
+        pass
+
+    def tpc_finish(self, txn: Any) -> None:
+        # The database has committed: never raise from here.
+        pending, self.pending = self.pending, []
+        self._forget()
+        try:
+            session = self.request.session
+            for message, allow_duplicate in pending:
+                _store(session, message, allow_duplicate)
+        except Exception:
+            log.exception("on_commit flash messages could not be queued after the commit")
+
+    def tpc_abort(self, txn: Any) -> None:
+        self._forget()
+
+    def sortKey(self) -> str:
+        return "~pyramid_transient.messages"
+
+    # ISavepointDataManager
+    def savepoint(self) -> _Savepoint:
+        return _Savepoint(self, len(self.pending))
+
+    def _forget(self) -> None:
+        if getattr(self.request, "_transient_pending_messages", None) is self:
+            del self.request._transient_pending_messages
+
+
+class _Savepoint:
+    def __init__(self, manager: _PendingMessages, size: int) -> None:
+        self.manager = manager
+        self.size = size
+
+    def rollback(self) -> None:
+        del self.manager.pending[self.size :]
+
+
+def _pending(request: Any) -> _PendingMessages:
+    if not request.environ.get("tm.active"):
+        raise TransientError(
+            "flash(..., on_commit=True) needs the request's transaction: include pyramid_tm "
+            "(and do not call it outside the transaction, e.g. from a response callback)"
+        )
+    txn = request.tm.get()
+    pending = getattr(request, "_transient_pending_messages", None)
+    if pending is None or pending.txn is not txn:
+        pending = _PendingMessages(request, txn)
+        txn.join(pending)
+        request._transient_pending_messages = pending
+    return pending
 
 
 def includeme(config: Any) -> None:
+    """Register the manager, which carries ``transient.messages.kinds``.
+
+    Nothing else is needed: messages live in ``request.session``.
+    """
     from .connection import include_manager
 
     include_manager(config)
