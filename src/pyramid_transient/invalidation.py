@@ -500,7 +500,13 @@ class InvalidationListener:
     """
 
     #: The events bound by :func:`register`, in order.
-    EVENTS = ("after_flush", "do_orm_execute", "after_commit", "after_transaction_end")
+    EVENTS = (
+        "after_begin",
+        "after_flush",
+        "do_orm_execute",
+        "after_commit",
+        "after_transaction_end",
+    )
 
     def __init__(
         self,
@@ -517,6 +523,7 @@ class InvalidationListener:
         self._token_ttl = token_ttl
         self._store: TokenStore | None = None
         self._pending: weakref.WeakKeyDictionary[Any, set[Identity]] = weakref.WeakKeyDictionary()
+        self._early: weakref.WeakKeyDictionary[Any, set[Identity]] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ where to
@@ -548,9 +555,12 @@ class InvalidationListener:
 
     def _record(self, session: Any, identities: Iterable[Identity]) -> None:
         transaction = _current(session)
-        if transaction is None:
-            return
         with self._lock:
+            if transaction is None:
+                # A statement that begins the transaction runs its event before the
+                # transaction exists; after_begin hands these to it.
+                self._early.setdefault(session, set()).update(identities)
+                return
             pending = self._pending.get(transaction)
             if pending is None:
                 pending = self._pending[transaction] = set()
@@ -609,6 +619,13 @@ class InvalidationListener:
         if isinstance(getattr(table, "name", None), str):
             found.add(table_identity(table))
         self._record(state.session, found)
+
+    def after_begin(self, session: Any, transaction: Any, connection: Any) -> None:
+        """Hand what a transaction's first statement recorded to that transaction."""
+        with self._lock:
+            early = self._early.pop(session, None)
+        if early:
+            self._record(session, early)
 
     def after_commit(self, session: Any) -> None:
         """A savepoint's release hands its changes to its parent; the root's commit

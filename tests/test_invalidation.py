@@ -1,0 +1,647 @@
+"""Identities, tokens and the SQLAlchemy hooks, against real Redis, PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import transaction
+import zope.sqlalchemy
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Uuid,
+    create_engine,
+    delete,
+    text,
+    update,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from pyramid_transient import invalidation
+from pyramid_transient.connection import RedisManager
+from pyramid_transient.invalidation import (
+    Identity,
+    get_token,
+    identities_of,
+    pending_invalidations,
+    register,
+    row_identity,
+    table_identity,
+    token_store,
+)
+from pyramid_transient.testing import RedisServer, test_settings
+
+# Our tables get a suffix of their own: the PostgreSQL database is shared.
+SUFFIX = os.environ.get("CK_TEST_SUFFIX") or uuid.uuid4().hex[:6]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = f"ck_items_{SUFFIX}"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+
+
+class Tag(Base):
+    __tablename__ = f"CK Tags:{SUFFIX}"  # capitals, a space and a colon
+    code: Mapped[str] = mapped_column(String(50), primary_key=True)
+    label: Mapped[str] = mapped_column(String(50))
+
+
+class Thing(Base):
+    __tablename__ = f"2ck_things_{SUFFIX}"  # starts with a digit
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    label: Mapped[str] = mapped_column(String(50))
+
+
+class Pair(Base):
+    __tablename__ = f"ck_pairs_{SUFFIX}"
+    a: Mapped[int] = mapped_column(Integer, primary_key=True)
+    b: Mapped[str] = mapped_column(String(50), primary_key=True)
+    label: Mapped[str] = mapped_column(String(50))
+
+
+@pytest.fixture(scope="module")
+def engine(database_url: str) -> Iterator[Any]:
+    engine = create_engine(database_url)
+    Base.metadata.create_all(engine)
+    yield engine
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def factory(engine: Any) -> Iterator[sessionmaker[Session]]:
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+    yield sessionmaker(engine, expire_on_commit=False)
+
+
+@pytest.fixture
+def listener(
+    factory: sessionmaker[Session], transient_manager: RedisManager
+) -> Iterator[invalidation.InvalidationListener]:
+    listener = register(factory, transient_manager)
+    yield listener
+    listener.remove()
+
+
+@pytest.fixture
+def items(factory: sessionmaker[Session], listener: Any) -> list[Item]:
+    with factory() as session:
+        rows = [Item(id=i, name=f"item {i}") for i in (1, 2, 3)]
+        session.add_all(rows)
+        session.commit()
+    return rows
+
+
+def stored(manager: RedisManager, identity: str) -> bytes | None:
+    """The token of ``identity`` as stored, without creating it."""
+    store = token_store(manager)
+    return store.client.get(store.key(identity))  # type: ignore[return-value]
+
+
+def tokens(manager: RedisManager, *objects: Any) -> list[str]:
+    """Current tokens (created if missing)."""
+    return [get_token(manager, obj) for obj in objects]
+
+
+# --------------------------------------------------------------------------- identities
+
+
+def test_row_identity_quotes_separators_in_text_keys() -> None:
+    assert row_identity("t", "a:b") != row_identity("t", "a", "b")
+    assert row_identity("t", "a:b") == "r:t:a%3Ab"
+
+
+def test_schema_qualified_table_never_matches_a_dotted_name() -> None:
+    assert table_identity("b", schema="a") != table_identity("a.b")
+    assert table_identity("b", schema="a") == "t:a.b"
+
+
+def test_table_names_differ_by_case_and_spaces() -> None:
+    names = ["Users", "users", "x y", "x_y", "2024"]
+    assert len({table_identity(n) for n in names}) == len(names)
+
+
+def test_identity_of_a_table_object_uses_its_schema() -> None:
+    table = Table("t", MetaData(), Column("id", Integer, primary_key=True), schema="s")
+    assert identities_of(table) == (table_identity("t", schema="s"),)
+
+
+def test_identity_of_a_pending_instance_is_refused() -> None:
+    with pytest.raises(ValueError, match="has no identity yet"):
+        identities_of(Item(name="new"))
+
+
+def test_identity_of_an_unmapped_object_is_refused() -> None:
+    with pytest.raises(TypeError, match="mapped instance"):
+        identities_of(object())
+
+
+@given(
+    st.lists(
+        st.tuples(st.text(max_size=8), st.text(max_size=8) | st.integers()),
+        min_size=2,
+        max_size=2,
+        unique=True,
+    )
+)
+def test_two_distinct_primary_keys_never_share_an_identity(pks: list[tuple[Any, Any]]) -> None:
+    first, second = pks
+    if tuple(map(str, first)) == tuple(map(str, second)):
+        return  # 1 and "1" name the same row by design (one column has one type)
+    assert row_identity("t", *first) != row_identity("t", *second)
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def test_tokens_are_random_not_counters(transient_manager: RedisManager) -> None:
+    store = token_store(transient_manager)
+    first, second = store.tokens([Identity("t:a"), Identity("t:b")])
+    assert first != second
+    assert not first.isdigit() and len(first) >= 24
+
+
+def test_a_reader_never_overwrites_an_existing_token(transient_manager: RedisManager) -> None:
+    store = token_store(transient_manager)
+    store.client.set(store.key("t:a"), b"existing")
+    assert store.tokens([Identity("t:a")]) == [b"existing"]
+
+
+def test_new_tokens_expire_after_token_ttl(transient_settings: dict[str, Any]) -> None:
+    manager = RedisManager.from_settings({**transient_settings, "transient.cache.token_ttl": "77"})
+    try:
+        store = token_store(manager)
+        store.tokens([Identity("t:a")])
+        assert 70 < store.client.ttl(store.key("t:a")) <= 77
+    finally:
+        manager.close()
+
+
+def test_reading_a_token_does_not_extend_its_life(transient_manager: RedisManager) -> None:
+    store = token_store(transient_manager)
+    store.client.set(store.key("t:a"), b"old", ex=5)
+    store.tokens([Identity("t:a")])
+    assert store.client.ttl(store.key("t:a")) <= 5
+
+
+def test_token_keys_share_one_hash_tag_under_the_prefix(transient_manager: RedisManager) -> None:
+    store = token_store(transient_manager)
+    prefix = transient_manager.settings.key_prefix
+    assert store.key("r:t:1") == f"{prefix}:token:{{tokens}}:r:t:1"
+
+
+def test_bare_client_writes_under_the_given_prefix(transient_manager: RedisManager) -> None:
+    client = transient_manager.get("cache")
+    store = token_store(client, key_prefix="app")
+    assert store.key("t:x") == "app:token:{tokens}:t:x"
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+def test_update_changes_row_and_table_token(
+    factory: Any, items: list[Item], transient_manager: RedisManager
+) -> None:
+    before = tokens(transient_manager, items[0], Item, items[1])
+    with factory() as session:
+        session.get(Item, 1).name = "changed"
+        session.commit()
+    after = tokens(transient_manager, items[0], Item, items[1])
+    assert after[0] != before[0] and after[1] != before[1]
+    assert after[2] == before[2]
+
+
+def test_delete_changes_row_and_table_token(
+    factory: Any, items: list[Item], transient_manager: RedisManager
+) -> None:
+    before = tokens(transient_manager, items[0], Item, items[1])
+    with factory() as session:
+        session.delete(session.get(Item, 1))
+        session.commit()
+    after = tokens(transient_manager, items[0], Item, items[1])
+    assert after[0] != before[0] and after[1] != before[1]
+    assert after[2] == before[2]
+
+
+def test_insert_changes_table_token_only(
+    factory: Any, items: list[Item], transient_manager: RedisManager
+) -> None:
+    before = tokens(transient_manager, Item, items[0])
+    with factory() as session:
+        session.add(Item(id=9, name="new"))
+        session.commit()
+    after = tokens(transient_manager, Item, items[0])
+    assert after[0] != before[0]
+    assert after[1] == before[1]
+
+
+def test_bulk_update_changes_table_token(
+    factory: Any, items: list[Item], transient_manager: RedisManager
+) -> None:
+    before = get_token(transient_manager, Item)
+    with factory() as session:
+        session.execute(update(Item).where(Item.id > 1).values(name="bulk"))
+        session.commit()
+    assert get_token(transient_manager, Item) != before
+
+
+def test_bulk_delete_changes_table_token(
+    factory: Any, items: list[Item], transient_manager: RedisManager
+) -> None:
+    before = get_token(transient_manager, Item)
+    with factory() as session:
+        session.execute(delete(Item).where(Item.id == 3))
+        session.commit()
+    assert get_token(transient_manager, Item) != before
+
+
+def test_bulk_update_by_primary_key_changes_those_rows(
+    factory: Any, items: list[Item], transient_manager: RedisManager
+) -> None:
+    before = tokens(transient_manager, items[0], items[1])
+    with factory() as session:
+        session.execute(update(Item), [{"id": 1, "name": "by pk"}])
+        session.commit()
+    after = tokens(transient_manager, items[0], items[1])
+    assert after[0] != before[0] and after[1] == before[1]
+
+
+def test_commit_without_changes_changes_nothing(
+    factory: Any, items: list[Item], transient_manager: RedisManager, round_trips: Any
+) -> None:
+    before = tokens(transient_manager, items[0], Item)
+    with factory() as session:
+        item = session.get(Item, 1)
+        item.name = item.name  # same value: no UPDATE
+        with round_trips() as rt:
+            session.commit()
+    assert rt.count == 0
+    assert tokens(transient_manager, items[0], Item) == before
+
+
+def test_rollback_changes_nothing(
+    factory: Any, items: list[Item], transient_manager: RedisManager
+) -> None:
+    before = tokens(transient_manager, items[0], Item)
+    with factory() as session:
+        session.get(Item, 1).name = "rolled back"
+        session.flush()
+        session.rollback()
+    assert tokens(transient_manager, items[0], Item) == before
+
+
+def test_flush_alone_invalidates_nothing_before_commit(
+    factory: Any, items: list[Item], transient_manager: RedisManager
+) -> None:
+    before = get_token(transient_manager, items[0])
+    with factory() as session:
+        session.get(Item, 1).name = "flushed"
+        session.flush()
+        assert get_token(transient_manager, items[0]) == before
+        session.commit()
+    assert get_token(transient_manager, items[0]) != before
+
+
+def test_rolled_back_savepoint_drops_only_its_own_changes(
+    factory: Any, items: list[Item], transient_manager: RedisManager
+) -> None:
+    before = tokens(transient_manager, items[0], items[1])
+    with factory() as session:
+        session.get(Item, 1).name = "kept"
+        session.flush()
+        savepoint = session.begin_nested()
+        session.get(Item, 2).name = "dropped"
+        session.flush()
+        savepoint.rollback()
+        session.commit()
+    after = tokens(transient_manager, items[0], items[1])
+    assert after[0] != before[0]
+    assert after[1] == before[1]
+
+
+def test_released_savepoint_changes_are_invalidated_at_commit(
+    factory: Any, items: list[Item], transient_manager: RedisManager
+) -> None:
+    before = get_token(transient_manager, items[1])
+    with factory() as session:
+        with session.begin_nested(), session.begin_nested():
+            session.get(Item, 2).name = "inner"
+        assert get_token(transient_manager, items[1]) == before
+        session.commit()
+    assert get_token(transient_manager, items[1]) != before
+
+
+def test_rows_of_every_primary_key_type_invalidate_only_themselves(
+    factory: Any, listener: Any, transient_manager: RedisManager
+) -> None:
+    thing_id = uuid.uuid4()
+    with factory() as session:
+        rows = [
+            Tag(code="a:b", label="x"),
+            Tag(code="a", label="x"),
+            Thing(id=thing_id, label="x"),
+            Pair(a=1, b="x", label="x"),
+            Pair(a=1, b="y", label="x"),
+        ]
+        session.add_all(rows)
+        session.commit()
+    before = tokens(transient_manager, *rows)
+    assert len(set(before)) == len(rows)
+    with factory() as session:
+        session.get(Tag, "a:b").label = "changed"
+        session.get(Thing, thing_id).label = "changed"
+        session.get(Pair, (1, "x")).label = "changed"
+        session.commit()
+    after = tokens(transient_manager, *rows)
+    assert [a != b for a, b in zip(after, before, strict=True)] == [True, False, True, True, False]
+
+
+def test_changes_made_by_raw_sql_are_invalidated_when_marked(
+    factory: Any, items: list[Item], listener: Any, transient_manager: RedisManager
+) -> None:
+    before = get_token(transient_manager, items[0])
+    with factory() as session:
+        session.execute(text(f"UPDATE {Item.__tablename__} SET name = 'raw' WHERE id = 1"))
+        listener.mark_changed(session, row_identity(Item.__table__, 1))
+        session.commit()
+    assert get_token(transient_manager, items[0]) != before
+
+
+def test_invalidating_a_commit_is_one_round_trip(
+    factory: Any, listener: Any, transient_manager: RedisManager, round_trips: Any
+) -> None:
+    transient_manager.get("cache").ping()
+    for n in (1, 10, 100):
+        with factory() as session:
+            session.add_all([Item(id=1000 * n + i, name="x") for i in range(n)])
+            session.flush()
+            with round_trips() as rt:
+                session.commit()
+        assert rt.count == 1, (n, rt.commands)
+        assert rt.commands[0].startswith("EVALSHA")
+
+
+def test_pending_changes_are_kept_per_session(
+    factory: Any, items: list[Item], listener: Any
+) -> None:
+    with factory() as first, factory() as second:
+        first.get(Item, 1).name = "first"
+        first.flush()
+        assert listener.pending(first) >= {row_identity(Item.__table__, 1)}
+        assert listener.pending(second) == frozenset()
+
+
+def test_registering_again_replaces_the_listener(
+    factory: Any, items: list[Item], transient_manager: RedisManager, round_trips: Any
+) -> None:
+    register(factory, transient_manager)
+    listener = register(factory, transient_manager)
+    try:
+        with factory() as session:
+            session.get(Item, 1).name = "once"
+            session.flush()
+            with round_trips() as rt:
+                session.commit()
+        assert rt.count == 1
+    finally:
+        listener.remove()
+
+
+def test_commit_through_zope_sqlalchemy_and_transaction_invalidates(
+    engine: Any, factory: Any, items: list[Item], transient_manager: RedisManager
+) -> None:
+    before = get_token(transient_manager, items[0])
+    tm = transaction.TransactionManager(explicit=True)
+    session = factory()
+    zope.sqlalchemy.register(session, transaction_manager=tm)
+    with tm:
+        session.get(Item, 1).name = "zope"
+    session.close()
+    assert get_token(transient_manager, items[0]) != before
+
+
+def test_aborted_zope_transaction_changes_nothing(
+    engine: Any, factory: Any, items: list[Item], transient_manager: RedisManager
+) -> None:
+    before = get_token(transient_manager, items[0])
+    tm = transaction.TransactionManager(explicit=True)
+    session = factory()
+    zope.sqlalchemy.register(session, transaction_manager=tm)
+    tm.begin()
+    session.get(Item, 1).name = "aborted"
+    session.flush()
+    tm.abort()
+    session.close()
+    assert get_token(transient_manager, items[0]) == before
+
+
+# --------------------------------------------------------------------------- outages
+
+
+@pytest.fixture
+def dead_server() -> Iterator[RedisServer]:
+    """A server of our own that tests stop and start again (on the same port)."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def client(dead_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client of that server as the app has it: no retries, short timeouts."""
+    manager = RedisManager.from_settings(test_settings(dead_server.url))
+    yield manager.get("cache")
+    manager.close()
+
+
+def test_commit_with_redis_down_does_not_raise_and_keeps_the_work(
+    factory: Any, items: list[Item], dead_server: RedisServer, client: redis.Redis, caplog: Any
+) -> None:
+    listener = register(factory, client)
+    try:
+        dead_server.stop()
+        with factory() as session, caplog.at_level(logging.WARNING):
+            session.get(Item, 1).name = "while down"
+            session.commit()  # must not raise
+        assert pending_invalidations(client) == 2
+        assert "could not invalidate 2 cache tokens" in caplog.text
+        invalidation._backlog(client).cancel()
+    finally:
+        listener.remove()
+
+
+def test_failed_invalidations_are_retried_with_the_next_commit(
+    factory: Any,
+    items: list[Item],
+    dead_server: RedisServer,
+    client: redis.Redis,
+    round_trips: Any,
+) -> None:
+    listener = register(factory, client)
+    try:
+        store = token_store(client)
+        store.tokens([row_identity(Item.__table__, 1)])
+        dead_server.stop()
+        with factory() as session:
+            session.get(Item, 1).name = "while down"
+            session.commit()
+        invalidation._backlog(client).cancel()
+        dead_server.start()
+        client.script_load(invalidation.TOKENS_SCRIPT)  # a restarted server forgot it
+        with factory() as session:
+            session.get(Item, 2).name = "after"
+            session.flush()
+            with round_trips() as rt:
+                session.commit()
+        assert rt.count == 1
+        assert pending_invalidations(client) == 0
+        assert client.get(store.key(row_identity(Item.__table__, 1))) is None
+    finally:
+        listener.remove()
+
+
+def test_failed_invalidations_are_retried_in_the_background(
+    factory: Any,
+    items: list[Item],
+    dead_server: RedisServer,
+    client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(invalidation, "RETRY_DELAYS", (0.05,))
+    listener = register(factory, client)
+    try:
+        dead_server.stop()
+        with factory() as session:
+            session.get(Item, 1).name = "while down"
+            session.commit()
+        dead_server.start()
+        deadline = time.monotonic() + 5
+        while pending_invalidations(client) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pending_invalidations(client) == 0
+    finally:
+        invalidation._backlog(client).cancel()
+        listener.remove()
+
+
+def test_backlog_is_bounded(
+    dead_server: RedisServer,
+    client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: Any,
+) -> None:
+    monkeypatch.setattr(invalidation, "MAX_BACKLOG", 3)
+    dead_server.stop()
+    try:
+        store = token_store(client)
+        with caplog.at_level(logging.ERROR):
+            assert store.invalidate([Identity(f"t:{i}") for i in range(5)]) is False
+        assert pending_invalidations(client) == 3
+        assert "dropped 2 token invalidations" in caplog.text
+    finally:
+        invalidation._backlog(client).cancel()
+
+
+# --------------------------------------------------------------------------- processes
+
+_OTHER_PROCESS = textwrap.dedent(
+    """
+    import sys
+    from sqlalchemy import create_engine, update
+    from sqlalchemy.orm import Session
+    import redis
+    from pyramid_transient.invalidation import register
+    sys.path.insert(0, {tests!r})
+    import test_invalidation as t
+
+    engine = create_engine({db!r})
+    client = redis.Redis.from_url({redis_url!r}, db={db_number})
+    register(Session, client, key_prefix={prefix!r})
+    with Session(engine) as session:
+        session.get(t.Item, 2).name = "other process"
+        session.commit()
+    """
+)
+
+
+def test_a_commit_in_another_process_leaves_our_pending_changes_alone(
+    engine: Any,
+    database_url: str,
+    factory: Any,
+    items: list[Item],
+    transient_manager: RedisManager,
+    transient_redis_url: str,
+    tmp_path: Any,
+) -> None:
+    other_db = database_url
+    if database_url.startswith("sqlite"):
+        # SQLite admits one writer: the other process writes its own copy. What is under
+        # test, our pending changes, lives in this process's memory and in Redis only.
+        other_db = f"sqlite:///{tmp_path / 'other.db'}"
+        other = create_engine(other_db)
+        Base.metadata.create_all(other)
+        with Session(other) as session:
+            session.add_all([Item(id=i, name="x") for i in (1, 2, 3)])
+            session.commit()
+        other.dispose()
+    mine, theirs = tokens(transient_manager, items[0], items[1])
+    source = _OTHER_PROCESS.format(
+        tests=os.path.dirname(__file__),
+        db=other_db,
+        redis_url=transient_redis_url,
+        prefix=transient_manager.settings.key_prefix,
+        db_number=transient_manager.db_number("cache"),
+    )
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "CK_TEST_SUFFIX": SUFFIX}
+    with factory() as session:
+        session.get(Item, 1).name = "ours, pending"
+        session.flush()
+        subprocess.run([sys.executable, "-c", source], check=True, timeout=60, env=env)
+        assert get_token(transient_manager, items[1]) != theirs  # theirs is done
+        assert get_token(transient_manager, items[0]) == mine  # ours still pending
+        session.commit()
+    assert get_token(transient_manager, items[0]) != mine
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+@pytest.mark.cluster
+def test_tokens_and_invalidation_on_a_cluster_are_one_round_trip_each(
+    transient_cluster_manager: RedisManager, round_trips: Any
+) -> None:
+    store = token_store(transient_cluster_manager)
+    ids = [row_identity("t", i) for i in range(50)] + [table_identity("t")]
+    store.tokens(ids[:1])  # connect and load the script outside the count
+    with round_trips() as rt:
+        first = store.tokens(ids)
+    assert rt.count == 1
+    with round_trips() as rt:
+        assert store.invalidate(ids[:10]) is True
+    assert rt.count == 1
+    second = store.tokens(ids)
+    assert [a != b for a, b in zip(first, second, strict=True)] == [True] * 10 + [False] * 41
