@@ -22,14 +22,17 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import quote as urlquote
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from zope.interface import Interface
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
+from zope.interface import Interface
 
 from .exceptions import ConfigurationError, UnknownDatabase
 from .keys import KeySpace
@@ -42,6 +45,7 @@ __all__ = [
     "IRedisManager",
     "RedisManager",
     "TransientRedis",
+    "TransientRedisCluster",
     "current_manager",
     "get_manager",
     "get_redis",
@@ -71,9 +75,23 @@ _NO_RETRY = Retry(NoBackoff(), 0)
 def _is_idempotent(args: tuple[Any, ...]) -> bool:
     name = str(args[0]).upper() if not isinstance(args[0], bytes) else args[0].decode().upper()
     if name == "SET":
-        options = {a.upper() if isinstance(a, bytes) else str(a).upper().encode() for a in args[3:]}
+        options = {
+            a.upper() if isinstance(a, bytes) else str(a).upper().encode() for a in args[3:]
+        }
         return not (options & _SET_UNSAFE_OPTIONS)
     return name in IDEMPOTENT_COMMANDS
+
+
+def _send_under_policy(client: Any, send: Callable[..., Any], args: Any, options: Any) -> Any:
+    # The one retry we allow (see the module docstring): once, after a connection error,
+    # for a command that gives the same result when applied twice.
+    try:
+        return send(*args, **options)
+    except redis.ConnectionError as exc:
+        if not client.retry_idempotent or not _is_idempotent(args):
+            raise
+        log.info("retrying %s once after a connection error: %s", args[0], exc)
+        return send(*args, **options)
 
 
 class TransientRedis(redis.Redis):
@@ -86,13 +104,33 @@ class TransientRedis(redis.Redis):
     retry_idempotent: bool = True
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
+        return _send_under_policy(self, super().execute_command, args, options)
+
+
+class TransientRedisCluster(RedisCluster):
+    """A :class:`redis.cluster.RedisCluster` under the same policy as :class:`TransientRedis`.
+
+    Built with ``retry=Retry(NoBackoff(), 0)``: redis-py's cluster client would otherwise
+    re-send *any* command up to ten times after a connection error or a timeout. MOVED and
+    ASK redirections, TRYAGAIN, and the refresh of the slot table after a connection error
+    are not retries and keep working.
+    """
+
+    retry_idempotent: bool = True
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
         try:
-            return super().execute_command(*args, **options)
-        except redis.ConnectionError as exc:
-            if not self.retry_idempotent or not _is_idempotent(args):
-                raise
-            log.info("retrying %s once after a connection error: %s", args[0], exc)
-            return super().execute_command(*args, **options)
+            return _send_under_policy(self, super().execute_command, args, options)
+        except RedisClusterException as exc:
+            raise _as_connection_error(exc) from exc
+
+
+def _as_connection_error(exc: RedisClusterException) -> Exception:
+    # redis-py reports "no node reachable" as RedisClusterException, which is not even a
+    # RedisError; callers that handle an outage catch redis.ConnectionError.
+    if "cannot be connected" in str(exc):
+        return redis.ConnectionError(str(exc))
+    return exc
 
 
 class IRedisManager(Interface):  # type: ignore[misc]
@@ -302,27 +340,42 @@ class RedisManager:
             from redis.sentinel import Sentinel
 
             s = self.settings
+            # The clients that ask the sentinels where the master is: redis-py's default
+            # retries each question ten times, so one dead sentinel would cost ten socket
+            # timeouts before the next sentinel is asked. Asking the next one is our retry.
             sentinel_kwargs: dict[str, Any] = {
                 "socket_timeout": s.socket_timeout,
                 "socket_connect_timeout": s.socket_connect_timeout,
+                "retry": _NO_RETRY,
             }
             if s.sentinel_password:
                 sentinel_kwargs["password"] = s.sentinel_password
-            self._sentinel = Sentinel(list(s.sentinel_nodes), sentinel_kwargs=sentinel_kwargs)
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                list(s.sentinel_nodes), sentinel_kwargs=sentinel_kwargs
+            )
         return self._sentinel
 
-    def _make_cluster(self) -> Any:
+    def _make_cluster(self) -> TransientRedisCluster:
         if self._cluster is None:
-            from redis.cluster import ClusterNode, RedisCluster
-
             s = self.settings
-            self._cluster = RedisCluster(
-                startup_nodes=[ClusterNode(h, p) for h, p in s.cluster_nodes],
-                max_connections=s.max_connections,
-                socket_timeout=s.socket_timeout,
-                socket_connect_timeout=s.socket_connect_timeout,
-            )
-        return self._cluster
+            kwargs = self._common_kwargs()
+            # RedisCluster refuses a per-node ``retry`` (its nodes never retry); its own
+            # ``retry`` governs re-sending a command after a connection error or timeout.
+            kwargs.pop("retry")
+            nodes = [ClusterNode(h, p) for h, p in s.cluster_nodes]  # type: ignore[no-untyped-call]
+            try:
+                # RedisCluster asks the nodes for the slot table here, in its constructor.
+                cluster = TransientRedisCluster(
+                    startup_nodes=nodes,
+                    max_connections=s.max_connections,
+                    retry=_NO_RETRY,
+                    **kwargs,
+                )
+            except RedisClusterException as exc:
+                raise _as_connection_error(exc) from exc
+            cluster.retry_idempotent = s.retry_idempotent
+            self._cluster = cluster
+        return cast(TransientRedisCluster, self._cluster)
 
     # ------------------------------------------------------------------ URLs
 
