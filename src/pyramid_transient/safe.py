@@ -284,9 +284,12 @@ class _Target:
         self.client = get_client
         self.wait_replicas = wait_replicas
         self.wait_timeout = wait_timeout
-        # WAIT blocks on the server up to wait_timeout: its reply may come later than the
-        # socket timeout allows for ordinary commands.
-        self.wait_read_timeout = None if socket_timeout is None else socket_timeout + wait_timeout
+        # WAIT blocks on the server up to wait_timeout, and the server notices the timeout
+        # on its timer (every 100 ms at the default hz 10): its reply may come later than
+        # the socket timeout allows for ordinary commands.
+        self.wait_read_timeout = (
+            None if socket_timeout is None else wait_timeout + max(socket_timeout, 0.5)
+        )
         self.check = check_durability
         self.prepared = False
         self.scripts: dict[str, Script] = {}
