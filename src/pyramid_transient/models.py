@@ -888,7 +888,8 @@ class RedisModel(BaseModel):
                 cls.__name__, pk, exc.error_count(),
             )  # fmt: skip
             return None
-        obj._pk = pk
+        if not cls.__transient_meta__.pk_fields:
+            obj._pk = pk
         obj._version = int(version)
         return obj
 
