@@ -304,13 +304,13 @@ class TransientRedisBackend(RedisBackend):
             return NO_VALUE
         return value
 
+    def set_serialized(self, key: str, value: bytes) -> None:
+        self.writer_client.set(key, value, ex=self.redis_expiration_time or None)
+
     def set_serialized_multi(self, mapping: Mapping[str, bytes]) -> None:
         pipe = self.writer_client.pipeline(transaction=False)
         for key, value in mapping.items():
-            if self.redis_expiration_time:
-                pipe.setex(key, self.redis_expiration_time, value)
-            else:
-                pipe.set(key, value)
+            pipe.set(key, value, ex=self.redis_expiration_time or None)
         pipe.execute()
 
     def delete_multi(self, keys: Iterable[str]) -> None:

@@ -1,0 +1,411 @@
+"""cache_key, regions and the Pyramid glue, against real Redis, PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import redis
+from pyramid import testing as pyramid_testing
+from pyramid.request import Request, apply_request_extensions
+from sqlalchemy import Integer, String, create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from pyramid_transient import cache, invalidation
+from pyramid_transient.cache import CacheKeyGenerator, TransientRegion, get_region
+from pyramid_transient.connection import RedisManager
+from pyramid_transient.invalidation import (
+    pending_invalidations,
+    register,
+    row_identity,
+    table_identity,
+    token_store,
+)
+from pyramid_transient.testing import RedisServer, test_settings
+
+SUFFIX = uuid.uuid4().hex[:6]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Page(Base):
+    __tablename__ = f"ck_pages_{SUFFIX}"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    title: Mapped[str] = mapped_column(String(50))
+
+
+@pytest.fixture(scope="module")
+def engine(database_url: str) -> Iterator[Any]:
+    engine = create_engine(database_url)
+    Base.metadata.create_all(engine)
+    yield engine
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def factory(engine: Any, transient_manager: RedisManager) -> Iterator[sessionmaker[Session]]:
+    with engine.begin() as conn:
+        conn.execute(Page.__table__.delete())
+    factory = sessionmaker(engine, expire_on_commit=False)
+    listener = register(factory, transient_manager)
+    yield factory
+    listener.remove()
+
+
+@pytest.fixture
+def pages(factory: sessionmaker[Session]) -> list[Page]:
+    with factory() as session:
+        rows = [Page(id=i, title=f"page {i}") for i in range(1, 101)]
+        session.add_all(rows)
+        session.commit()
+    return rows
+
+
+@pytest.fixture
+def cache_key(transient_manager: RedisManager) -> CacheKeyGenerator:
+    return CacheKeyGenerator(transient_manager)
+
+
+# --------------------------------------------------------------------------- plain values
+
+
+def test_same_fragments_give_the_same_key(cache_key: CacheKeyGenerator) -> None:
+    assert cache_key("page", 1, {"a": [1, 2]}) == cache_key("page", 1, {"a": [1, 2]})
+
+
+def test_dict_order_does_not_change_the_key(cache_key: CacheKeyGenerator) -> None:
+    assert cache_key({"a": 1, "b": 2}) == cache_key({"b": 2, "a": 1})
+
+
+def test_values_of_different_types_give_different_keys(cache_key: CacheKeyGenerator) -> None:
+    values = [1, "1", 1.0, True, None, "None", [1], (1,), {"1": 1}, Decimal("1"), b"1"]
+    assert len({cache_key(v) for v in values}) == len(values)
+
+
+def test_fragment_boundaries_are_part_of_the_key(cache_key: CacheKeyGenerator) -> None:
+    assert cache_key("ab", "c") != cache_key("a", "bc")
+    assert cache_key(["a", "b"]) != cache_key("a", "b")
+
+
+def test_dates_and_uuids_enter_the_key(cache_key: CacheKeyGenerator) -> None:
+    some = uuid.uuid4()
+    assert cache_key(dt.date(2024, 1, 1), some) == cache_key(dt.date(2024, 1, 1), some)
+    assert cache_key(dt.date(2024, 1, 1)) != cache_key(dt.date(2024, 1, 2))
+
+
+def test_plain_values_only_cost_no_round_trip(
+    cache_key: CacheKeyGenerator, round_trips: Any
+) -> None:
+    with round_trips() as rt:
+        cache_key("a", 1, [2])
+    assert rt.count == 0
+
+
+def test_an_unsupported_fragment_is_refused_before_any_round_trip(
+    cache_key: CacheKeyGenerator, round_trips: Any
+) -> None:
+    with round_trips() as rt, pytest.raises(TypeError, match="cannot take the identity"):
+        cache_key(row_identity("t", 1), object())
+    assert rt.count == 0
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def test_a_plain_string_is_a_value_and_an_identity_a_token(
+    cache_key: CacheKeyGenerator, transient_manager: RedisManager
+) -> None:
+    key_value, key_token = cache_key("r:t:1"), cache_key(row_identity("t", 1))
+    token_store(transient_manager).invalidate([row_identity("t", 1)])
+    assert cache_key("r:t:1") == key_value
+    assert cache_key(row_identity("t", 1)) != key_token
+
+
+def test_key_changes_when_an_instance_is_committed(
+    cache_key: CacheKeyGenerator, factory: Any, pages: list[Page]
+) -> None:
+    before = cache_key("page", pages[0]), cache_key("page", pages[1])
+    with factory() as session:
+        session.get(Page, 1).title = "changed"
+        session.commit()
+    after = cache_key("page", pages[0]), cache_key("page", pages[1])
+    assert after[0] != before[0]
+    assert after[1] == before[1]
+
+
+def test_key_of_a_class_changes_on_insert(
+    cache_key: CacheKeyGenerator, factory: Any, pages: list[Page]
+) -> None:
+    before = cache_key("list", Page)
+    with factory() as session:
+        session.add(Page(id=500, title="new"))
+        session.commit()
+    assert cache_key("list", Page) != before
+
+
+@pytest.mark.parametrize("n", [1, 10, 100])
+def test_key_over_n_instances_is_one_round_trip_first_time_included(
+    n: int,
+    cache_key: CacheKeyGenerator,
+    pages: list[Page],
+    transient_manager: RedisManager,
+    round_trips: Any,
+) -> None:
+    cache_key(row_identity("warm", 1))  # connect and load the script outside the count
+    fragments = ["list", Page, *pages[:n]]
+    with round_trips() as rt:
+        first = cache_key(*fragments)
+    with round_trips() as again:
+        second = cache_key(*fragments)
+    assert (rt.count, again.count) == (1, 1)
+    assert rt.commands == ["EVALSHA"]
+    assert first == second
+    store = token_store(transient_manager)
+    assert store.client.exists(*(store.key(i) for i in [table_identity(Page.__table__)])) == 1
+
+
+def test_the_same_instance_twice_reads_its_token_once(
+    cache_key: CacheKeyGenerator, pages: list[Page], transient_manager: RedisManager
+) -> None:
+    store = token_store(transient_manager)
+    calls: list[int] = []
+    original = store.tokens
+
+    def counting(identities: Any) -> Any:
+        calls.append(len(identities))
+        return original(identities)
+
+    cache_key.store.tokens = counting  # type: ignore[method-assign]
+    cache_key(pages[0], pages[0], row_identity(Page.__table__, 1))
+    assert calls == [1]
+
+
+def test_redis_down_gives_a_fresh_key_without_raising(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with RedisServer() as server:
+        manager = RedisManager.from_settings(test_settings(server.url))
+        server.stop()
+        generator = CacheKeyGenerator(manager)
+        with caplog.at_level(logging.WARNING):
+            first = generator("page", row_identity("t", 1))
+            second = generator("page", row_identity("t", 1))
+        manager.close()
+    assert first != second and len(first) == 40
+    assert caplog.text.count("could not reach Redis") == 1  # one warning per outage
+
+
+def test_pending_invalidations_travel_with_the_next_key(
+    pages: list[Page], factory: Any, round_trips: Any
+) -> None:
+    with RedisServer() as server:
+        manager = RedisManager.from_settings(test_settings(server.url))
+        client = manager.get("cache")
+        generator = CacheKeyGenerator(manager)
+        listener = register(factory, manager)
+        try:
+            before = generator(pages[0])
+            server.stop()
+            with factory() as session:
+                session.get(Page, 1).title = "while down"
+                session.commit()
+            invalidation._backlog(client).cancel()
+            assert pending_invalidations(client) == 2
+            server.start()
+            client.script_load(invalidation.TOKENS_SCRIPT)  # a restarted server forgot it
+            with round_trips() as rt:
+                after = generator(pages[0])
+            assert rt.count == 1
+            assert after != before
+            assert pending_invalidations(client) == 0
+        finally:
+            listener.remove()
+            manager.close()
+
+
+def test_cache_key_works_on_the_memory_backend(transient_memory: RedisManager) -> None:
+    generator = CacheKeyGenerator(transient_memory)
+    before = generator(row_identity("t", 1))
+    token_store(transient_memory).invalidate([row_identity("t", 1)])
+    assert generator(row_identity("t", 1)) != before
+
+
+@pytest.mark.cluster
+def test_cache_key_on_a_cluster_is_one_round_trip(
+    transient_cluster_manager: RedisManager, round_trips: Any
+) -> None:
+    generator = CacheKeyGenerator(transient_cluster_manager)
+    generator(row_identity("warm", 1))
+    fragments = [row_identity(f"t{i % 7}", i) for i in range(100)] + [table_identity("t")]
+    with round_trips() as rt:
+        generator(*fragments)
+    assert rt.count == 1
+
+
+# --------------------------------------------------------------------------- regions
+
+
+@pytest.fixture
+def region_settings(transient_settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **transient_settings,
+        "transient.cache.regions": "pages short",
+        "transient.cache.region.short.expiration": "5",
+        "transient.cache.lock_timeout": "7",
+    }
+
+
+@pytest.fixture
+def regions(region_settings: dict[str, Any]) -> Iterator[dict[str, TransientRegion]]:
+    manager = RedisManager.from_settings(region_settings)
+    for name in ("default", "cache"):
+        manager.get(name).flushdb()
+    yield cache.make_regions(manager)
+    manager.close()
+
+
+def test_regions_come_from_settings_with_their_expiration(
+    regions: dict[str, TransientRegion],
+) -> None:
+    assert sorted(regions) == ["default", "pages", "short"]
+    assert regions["short"].expiration_time == 5
+    assert regions["pages"].expiration_time == 3600
+
+
+def test_region_values_are_stored_as_json(
+    regions: dict[str, TransientRegion], transient_redis_url: str
+) -> None:
+    region = regions["pages"]
+    region.set("k", {"when": dt.date(2024, 1, 2), "ids": (1, 2)})
+    client = region.backend.writer_client
+    raw = client.get(region.backend.key_mangler("k"))
+    assert raw.split(b"|", 1)[1] == (
+        b'{"when":{"__t__":"date","v":"2024-01-02"},"ids":{"__t__":"tuple","v":[1,2]}}'
+    )
+    assert region.get("k") == {"when": dt.date(2024, 1, 2), "ids": (1, 2)}
+
+
+def test_region_keys_follow_the_key_layout(
+    regions: dict[str, TransientRegion], region_settings: dict[str, Any]
+) -> None:
+    key = regions["pages"].backend.key_mangler("a key:with {braces}")
+    prefix = region_settings["transient.key_prefix"]
+    assert key == f"{prefix}:cache:pages:v:a%20key%3Awith%20%7Bbraces%7D"
+
+
+@pytest.mark.parametrize("garbage", [b"not ours", b'{"ct": 1}|not json', b"\xff|\x00"])
+def test_a_corrupt_region_value_is_a_miss(
+    garbage: bytes, regions: dict[str, TransientRegion], caplog: pytest.LogCaptureFixture
+) -> None:
+    region = regions["pages"]
+    region.backend.writer_client.set(region.backend.key_mangler("k"), garbage)
+    with caplog.at_level(logging.WARNING):
+        assert region.get_or_create("k", lambda: "fresh") == "fresh"
+    assert "corrupt" in caplog.text
+
+
+def test_fill_lock_has_the_configured_timeout(regions: dict[str, TransientRegion]) -> None:
+    region = regions["pages"]
+    client = region.backend.writer_client
+    seen: list[int] = []
+
+    def creator() -> str:
+        seen.append(client.pttl(region.backend._locks + "k"))
+        return "value"
+
+    region.get_or_create("k", creator)
+    assert len(seen) == 1 and 0 < seen[0] <= 7000
+
+
+def test_get_or_create_for_takes_the_key_before_running_the_creator(
+    regions: dict[str, TransientRegion],
+    factory: Any,
+    pages: list[Page],
+    transient_manager: RedisManager,
+) -> None:
+    region = regions["pages"]
+    generator = CacheKeyGenerator(transient_manager)
+
+    def creator_racing_a_commit() -> str:
+        with factory() as session:  # a commit lands while the old value is being built
+            session.get(Page, 1).title = "new"
+            session.commit()
+        return "old"
+
+    assert region.get_or_create_for(generator, ["p", pages[0]], creator_racing_a_commit) == "old"
+    assert region.get_or_create_for(generator, ["p", pages[0]], lambda: "new") == "new"
+
+
+# --------------------------------------------------------------------------- Pyramid
+
+
+@pytest.fixture
+def config(region_settings: dict[str, Any]) -> Iterator[Any]:
+    config = pyramid_testing.setUp(settings=region_settings)
+    config.include("pyramid_transient.cache")
+    yield config
+    pyramid_testing.tearDown()
+
+
+def _request(config: Any) -> Request:
+    request = Request.blank("/")
+    request.registry = config.registry
+    config.commit()
+    apply_request_extensions(request)
+    return request
+
+
+def test_request_cache_key_is_one_generator_per_request(config: Any) -> None:
+    request = _request(config)
+    assert isinstance(request.cache_key, CacheKeyGenerator)
+    assert request.cache_key is request.cache_key
+    assert _request(config).cache_key is not request.cache_key
+
+
+def test_get_region_takes_a_request_or_a_registry(config: Any) -> None:
+    request = _request(config)
+    assert get_region(request, "pages") is get_region(config.registry, "pages")
+
+
+def test_unknown_region_lists_the_configured_ones(config: Any) -> None:
+    with pytest.raises(LookupError, match="'default', 'pages', 'short'"):
+        get_region(config.registry, "nope")
+
+
+def test_sqlalchemy_session_setting_binds_the_hooks(
+    region_settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyramid_transient.demo import models
+
+    bound: list[tuple[Any, Any]] = []
+    monkeypatch.setattr(cache, "register", lambda t, r: bound.append((t, r)))
+    name = "pyramid_transient.demo.models.session_factory"
+    config = pyramid_testing.setUp(
+        settings={**region_settings, "transient.cache.sqlalchemy_session": name}
+    )
+    try:
+        config.include("pyramid_transient.cache")
+    finally:
+        pyramid_testing.tearDown()
+    assert len(bound) == 1 and bound[0][0] is models.session_factory
+    assert isinstance(bound[0][1], RedisManager)
+
+
+def test_cache_key_never_raises_on_a_redis_error_it_can_answer(
+    transient_manager: RedisManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generator = CacheKeyGenerator(transient_manager)
+
+    def broken(identities: Any) -> Any:
+        raise redis.TimeoutError("slow")
+
+    monkeypatch.setattr(generator.store, "tokens", broken)
+    assert generator(row_identity("t", 1)) != generator(row_identity("t", 1))
