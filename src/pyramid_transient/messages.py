@@ -184,9 +184,11 @@ def _collect(request: Any, kinds: Iterable[str] | None, pop: bool) -> list[Messa
     for kind in wanted:
         _check_kind(request, kind)
     messages: list[Message] = []
-    queues = [(kind, kind) for kind in wanted]
-    if "info" in wanted:
-        queues.append((_DEFAULT_QUEUE, "info"))
+    queues = []
+    for kind in wanted:
+        queues.append((kind, kind))
+        if kind == "info":  # Pyramid's default queue, right after our own info queue
+            queues.append((_DEFAULT_QUEUE, "info"))
     for queue, kind in queues:
         if _QUEUE + queue not in session:
             continue

@@ -276,7 +276,7 @@ def parse_session_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
         parser = SESSION_SETTINGS.get(name)
         if parser is None:
             match = difflib.get_close_matches(name, [*SESSION_SETTINGS, *LEGACY_KEYS], n=1)
-            hint = f"; did you mean {PREFIX}{match[0]!r}?" if match else ""
+            hint = f"; did you mean {PREFIX + match[0]!r}?" if match else ""
             raise ConfigurationError(
                 f"{key} is not a pyramid_session_redis setting{hint} (see the settings "
                 "reference for the accepted keys)",

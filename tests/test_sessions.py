@@ -1,0 +1,501 @@
+"""Sessions: settings, conformance, payload checks, saving rules and round trips."""
+
+from __future__ import annotations
+
+import fractions
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import webtest
+from pyramid.config import Configurator
+from pyramid.interfaces import ISession
+from pyramid_retry import RetryableException
+from zope.interface.verify import verifyObject
+
+from pyramid_transient.connection import RedisManager, get_manager
+from pyramid_transient.exceptions import ConfigurationError, SessionTooLarge
+from pyramid_transient.sessions import (
+    TransientSession,
+    parse_session_settings,
+    rotate_session,
+)
+
+SECRET = {"redis.sessions.secret": "unit-secret"}
+View = Callable[[Any], Any]
+
+
+@pytest.fixture
+def settings(
+    transient_settings: dict[str, Any], transient_manager: RedisManager
+) -> dict[str, Any]:
+    """Settings on the suite's server (``transient_manager`` flushed its databases)."""
+    return {**transient_settings, **SECRET}
+
+
+def build(settings: dict[str, Any], views: dict[str, View], *includes: str) -> webtest.TestApp:
+    with Configurator(settings=settings) as config:
+        for name in includes:
+            config.include(name)
+        config.include("pyramid_transient.sessions")
+        for number, (path, view) in enumerate(views.items()):
+            config.add_route(f"r{number}", path)
+            config.add_view(view, route_name=f"r{number}", renderer="json")
+        return webtest.TestApp(config.make_wsgi_app())
+
+
+def warm(app: webtest.TestApp) -> None:
+    """Connect the app's pool, so round trips count commands, not handshakes."""
+    get_manager(app.app.registry).get("sessions").ping()
+
+
+def keys(manager: RedisManager) -> list[bytes]:
+    pattern = manager.keyspace("session", "sessions").pattern()
+    return sorted(manager.get("sessions").scan_iter(match=pattern))
+
+
+def set_value(request: Any) -> dict[str, Any]:
+    request.session["value"] = request.params.get("v", "x")
+    return {}
+
+
+def get_value(request: Any) -> dict[str, Any]:
+    return {"value": request.session.get("value"), "new": request.session.new}
+
+
+def count(request: Any) -> dict[str, Any]:
+    request.session["n"] = request.session.get("n", 0) + 1
+    return {"n": request.session["n"]}
+
+
+BASIC = {"/set": set_value, "/get": get_value}
+
+
+# ------------------------------------------------------------------ settings
+
+
+def test_missing_secret_is_a_configuration_error_at_startup(
+    transient_settings: dict[str, Any],
+) -> None:
+    with (
+        pytest.raises(ConfigurationError, match=r"redis\.sessions\.secret is not set"),
+        Configurator(settings=transient_settings) as config,
+    ):
+        config.include("pyramid_transient.sessions")
+
+
+def test_unknown_session_setting_names_the_nearest_key() -> None:
+    with pytest.raises(ConfigurationError, match=r"did you mean 'redis\.sessions\.cookie_name'"):
+        parse_session_settings({**SECRET, "redis.sessions.cookie_nme": "sid"})
+
+
+def test_bad_boolean_names_the_key_and_the_value() -> None:
+    with pytest.raises(ConfigurationError, match=r"redis\.sessions\.cookie_secure .* 'maybe'"):
+        parse_session_settings({**SECRET, "redis.sessions.cookie_secure": "maybe"})
+
+
+def test_settings_are_parsed_by_type() -> None:
+    options = parse_session_settings(
+        {**SECRET, "redis.sessions.timeout": "60", "redis.sessions.cookie_secure": "true"}
+    )
+    assert (options["timeout"], options["cookie_secure"]) == (60, True)
+
+
+def test_websauna_url_is_translated_with_a_deprecation_warning() -> None:
+    with pytest.warns(
+        DeprecationWarning, match=r"redis\.sessions\.url .* read as redis\.sessions\.redis_url"
+    ):
+        options = parse_session_settings({**SECRET, "redis.sessions.url": "redis://h:1/2"})
+    assert options["redis_url"] == "redis://h:1/2"
+
+
+def test_websauna_url_chooses_the_session_server(
+    settings: dict[str, Any], transient_redis_url: str, transient_manager: RedisManager
+) -> None:
+    with pytest.warns(DeprecationWarning):
+        app = build({**settings, "redis.sessions.url": f"{transient_redis_url}/15"}, BASIC)
+    app.get("/set")
+    pattern = transient_manager.keyspace("session", "sessions").pattern()
+    assert len(list(transient_manager.get("celery").scan_iter(match=pattern))) == 1  # db 15
+    assert keys(transient_manager) == []
+
+
+def test_websauna_client_callable_is_translated_and_used(
+    settings: dict[str, Any], transient_manager: RedisManager
+) -> None:
+    calls: list[Any] = []
+
+    def client_callable(request: Any, **options: Any) -> redis.Redis:
+        calls.append(request)
+        return transient_manager.get("sessions")
+
+    with pytest.warns(DeprecationWarning, match="client_callable"):
+        app = build({**settings, "redis.sessions.client_callable": client_callable}, BASIC)
+    app.get("/set")
+    assert len(calls) == 1
+    assert len(keys(transient_manager)) == 1
+
+
+def test_legacy_and_modern_names_together_are_an_error() -> None:
+    with (
+        pytest.warns(DeprecationWarning),
+        pytest.raises(ConfigurationError, match=r"keep only redis\.sessions\.redis_url"),
+    ):
+        parse_session_settings(
+            {**SECRET, "redis.sessions.url": "redis://a", "redis.sessions.redis_url": "redis://b"}
+        )
+
+
+def test_serialize_without_deserialize_is_an_error() -> None:
+    with pytest.raises(ConfigurationError, match="without its counterpart"):
+        parse_session_settings({**SECRET, "redis.sessions.serialize": "json.dumps"})
+
+
+def test_cookie_is_httponly_and_samesite_lax_by_default(settings: dict[str, Any]) -> None:
+    cookie = build(settings, BASIC).get("/set").headers["Set-Cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
+
+
+def test_cookie_samesite_setting_is_honoured(settings: dict[str, Any]) -> None:
+    app = build({**settings, "redis.sessions.cookie_samesite": "strict"}, BASIC)
+    assert "SameSite=Strict" in app.get("/set").headers["Set-Cookie"]
+
+
+def test_key_prefix_setting_goes_inside_our_layout(
+    settings: dict[str, Any], transient_manager: RedisManager
+) -> None:
+    build({**settings, "redis.sessions.prefix": "web-"}, BASIC).get("/set")
+    (key,) = keys(transient_manager)
+    base = transient_manager.keyspace("session", "sessions").key("web-")
+    assert key.decode().startswith(base)
+
+
+# ------------------------------------------------------------------ conformance and values
+
+
+def test_session_conforms_to_isession(settings: dict[str, Any]) -> None:
+    seen: list[Any] = []
+
+    def view(request: Any) -> dict[str, Any]:
+        seen.append(request.session)
+        return {}
+
+    build(settings, {"/": view}).get("/")
+    assert isinstance(seen[0], TransientSession)
+    assert verifyObject(ISession, seen[0])
+
+
+def test_value_the_codec_cannot_store_is_refused_naming_the_key(settings: dict[str, Any]) -> None:
+    def view(request: Any) -> dict[str, Any]:
+        request.session["when"] = object()
+        return {}
+
+    with pytest.raises(TypeError, match="key 'when'"):
+        build(settings, {"/": view}).get("/")
+
+
+class _Recorder:
+    """A data manager standing for the SQL database: records whether it committed."""
+
+    committed = False
+
+    def __init__(self, manager: Any) -> None:
+        self.transaction_manager = manager
+
+    def abort(self, txn: Any) -> None:
+        pass
+
+    tpc_begin = commit = tpc_vote = tpc_abort = abort
+
+    def tpc_finish(self, txn: Any) -> None:
+        type(self).committed = True
+
+    def sortKey(self) -> str:
+        return "recorder"
+
+
+@pytest.fixture
+def recorder() -> Iterator[type[_Recorder]]:
+    _Recorder.committed = False
+    yield _Recorder
+
+
+def test_nested_unstorable_value_aborts_the_transaction_naming_the_key(
+    settings: dict[str, Any], recorder: type[_Recorder], transient_manager: RedisManager
+) -> None:
+    def view(request: Any) -> dict[str, Any]:
+        request.tm.get().join(recorder(request.tm))
+        request.session["cart"] = []
+        request.session["cart"].append(object())
+        return {}
+
+    with pytest.raises(TypeError, match="key 'cart'"):
+        build(settings, {"/": view}, "pyramid_tm").get("/")
+    assert recorder.committed is False
+    assert keys(transient_manager) == []
+
+
+def test_session_larger_than_max_bytes_is_refused_during_the_request(
+    settings: dict[str, Any], recorder: type[_Recorder], transient_manager: RedisManager
+) -> None:
+    def view(request: Any) -> dict[str, Any]:
+        request.tm.get().join(recorder(request.tm))
+        request.session["big"] = "x" * 300
+        return {}
+
+    app = build({**settings, "transient.sessions.max_bytes": "256"}, {"/": view}, "pyramid_tm")
+    with pytest.raises(SessionTooLarge, match=r"transient\.sessions\.max_bytes \(256\)"):
+        app.get("/")
+    assert recorder.committed is False
+    assert keys(transient_manager) == []
+
+
+def test_session_too_large_without_pyramid_tm_is_refused_before_the_response(
+    settings: dict[str, Any], transient_manager: RedisManager
+) -> None:
+    app = build({**settings, "transient.sessions.max_bytes": "256"}, BASIC)
+    with pytest.raises(SessionTooLarge):
+        app.get("/set", {"v": "x" * 300})
+    assert keys(transient_manager) == []
+
+
+def test_pickle_serializer_stores_what_json_cannot(settings: dict[str, Any]) -> None:
+    def put(request: Any) -> dict[str, Any]:
+        request.session["third"] = fractions.Fraction(1, 3)
+        return {}
+
+    def read(request: Any) -> dict[str, Any]:
+        return {"third": str(request.session["third"])}
+
+    app = build({**settings, "transient.sessions.serializer": "pickle"}, {"/p": put, "/r": read})
+    app.get("/p")
+    assert app.get("/r").json == {"third": "1/3"}
+
+
+def test_payload_is_our_codec_behind_an_hmac(
+    settings: dict[str, Any], transient_manager: RedisManager
+) -> None:
+    build(settings, BASIC).get("/set", {"v": "hello"})
+    (key,) = keys(transient_manager)
+    raw = transient_manager.get("sessions").get(key) or b""
+    assert raw.startswith(b"t1.")
+    assert b'{"m":{"value":"hello"},"c":' in raw
+
+
+def test_python_expires_is_enforced_in_python(
+    settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyramid_session_redis.session as upstream
+
+    app = build(
+        {**settings, "redis.sessions.python_expires": "true", "redis.sessions.timeout": "60"},
+        BASIC,
+    )
+    app.get("/set")
+    now = upstream.int_time()
+    monkeypatch.setattr(upstream, "int_time", lambda: now + 61)
+    assert app.get("/get").json == {"value": None, "new": True}
+
+
+# ------------------------------------------------------------------ ids
+
+
+def test_rotate_session_keeps_the_data_under_a_new_key(
+    settings: dict[str, Any], transient_manager: RedisManager
+) -> None:
+    def rotate(request: Any) -> dict[str, Any]:
+        rotate_session(request)
+        return {}
+
+    app = build(settings, {**BASIC, "/rotate": rotate})
+    app.get("/set", {"v": "kept"})
+    before = keys(transient_manager)
+    app.get("/rotate")
+    after = keys(transient_manager)
+    assert len(after) == 1
+    assert after != before
+    assert app.get("/get").json["value"] == "kept"
+
+
+def test_rotating_a_new_session_deletes_nothing(
+    settings: dict[str, Any], transient_manager: RedisManager, round_trips: Any
+) -> None:
+    def rotate(request: Any) -> dict[str, Any]:
+        request.session["a"] = 1
+        rotate_session(request)
+        return {}
+
+    app = build(settings, {"/rotate": rotate})
+    warm(app)
+    with round_trips() as rt:
+        app.get("/rotate")
+    assert rt.commands == ["SET"]
+
+
+# ------------------------------------------------------------------ retries
+
+
+def test_retryable_error_rendered_by_an_exception_view_persists_nothing(
+    settings: dict[str, Any],
+) -> None:
+    def flaky(request: Any) -> dict[str, Any]:
+        count(request)
+        if request.environ["retry.attempt"] == 0:
+            raise RetryableException("try again")
+        return {}
+
+    with Configurator(settings={**settings, "retry.attempts": "2"}) as config:
+        config.include("pyramid_retry")
+        config.include("pyramid_transient.sessions")
+        config.add_route("flaky", "/flaky")
+        config.add_view(flaky, route_name="flaky", renderer="json")
+        config.add_route("get", "/get")
+        config.add_view(count, route_name="get", renderer="json")
+        config.add_exception_view(lambda exc, request: {"error": True}, renderer="json")
+        app = webtest.TestApp(config.make_wsgi_app())
+    app.get("/flaky")
+    assert app.get("/get").json == {"n": 2}
+
+
+def test_new_session_of_a_retried_attempt_leaves_no_key(
+    settings: dict[str, Any], transient_manager: RedisManager
+) -> None:
+    def flaky(request: Any) -> dict[str, Any]:
+        request.session["attempt"] = request.environ["retry.attempt"]
+        if request.environ["retry.attempt"] == 0:
+            raise RetryableException("try again")
+        return {}
+
+    app = build({**settings, "retry.attempts": "2"}, {"/": flaky}, "pyramid_retry")
+    app.get("/")
+    (key,) = keys(transient_manager)
+    assert b'"attempt":1' in (transient_manager.get("sessions").get(key) or b"")
+
+
+# ------------------------------------------------------------------ round trips
+
+
+@pytest.fixture
+def counting_app(settings: dict[str, Any], transient_manager: RedisManager) -> webtest.TestApp:
+    def invalidate(request: Any) -> dict[str, Any]:
+        request.session.invalidate()
+        return {}
+
+    def rotate(request: Any) -> dict[str, Any]:
+        rotate_session(request)
+        return {}
+
+    def untouched(request: Any) -> dict[str, Any]:
+        return {}
+
+    app = build(
+        settings,
+        {**BASIC, "/invalidate": invalidate, "/rotate": rotate, "/untouched": untouched},
+    )
+    warm(app)
+    return app
+
+
+def test_new_session_is_saved_in_one_round_trip(
+    counting_app: webtest.TestApp, round_trips: Any
+) -> None:
+    with round_trips() as rt:
+        counting_app.get("/set")
+    assert rt.commands == ["SET"]
+
+
+def test_unchanged_session_is_loaded_in_one_round_trip_and_not_written(
+    counting_app: webtest.TestApp, round_trips: Any
+) -> None:
+    counting_app.get("/set")
+    with round_trips() as rt:
+        counting_app.get("/get")
+    assert rt.commands == ["GETEX"]
+
+
+def test_view_that_does_not_touch_the_session_makes_no_round_trip(
+    counting_app: webtest.TestApp, round_trips: Any
+) -> None:
+    counting_app.get("/set")
+    with round_trips() as rt:
+        counting_app.get("/untouched")
+    assert rt.count == 0
+
+
+def test_changed_session_is_saved_in_one_round_trip(
+    counting_app: webtest.TestApp, round_trips: Any
+) -> None:
+    counting_app.get("/set", {"v": "a"})
+    with round_trips() as rt:
+        counting_app.get("/set", {"v": "b"})
+    assert rt.commands == ["GETEX", "SET"]
+
+
+def test_rotation_is_saved_in_one_round_trip(
+    counting_app: webtest.TestApp, round_trips: Any
+) -> None:
+    counting_app.get("/set")
+    with round_trips() as rt:
+        counting_app.get("/rotate")
+    assert rt.commands == ["GETEX", "SET DEL"]
+
+
+def test_invalidation_is_one_delete(counting_app: webtest.TestApp, round_trips: Any) -> None:
+    counting_app.get("/set")
+    with round_trips() as rt:
+        counting_app.get("/invalidate")
+    assert rt.commands == ["GETEX", "DEL"]
+
+
+def test_readheavy_off_refreshes_the_ttl_with_an_expire_at_the_end(
+    settings: dict[str, Any], transient_manager: RedisManager, round_trips: Any
+) -> None:
+    app = build({**settings, "redis.sessions.set_redis_ttl_readheavy": "false"}, BASIC)
+    app.get("/set")
+    with round_trips() as rt:
+        app.get("/get")
+    assert rt.commands == ["GET", "EXPIRE"]
+
+
+# ------------------------------------------------------------------ backends
+
+
+def test_sessions_work_on_the_memory_backend(transient_memory: RedisManager) -> None:
+    settings = {"transient.url": transient_memory.settings.url, **SECRET}
+    app = build(settings, BASIC)
+    app.get("/set", {"v": "in memory"})
+    assert app.get("/get").json == {"value": "in memory", "new": False}
+
+
+@pytest.mark.cluster
+def test_sessions_work_on_a_cluster(transient_cluster_settings: dict[str, Any]) -> None:
+    app = build({**transient_cluster_settings, **SECRET}, {**BASIC, "/count": count})
+    app.get("/set", {"v": "clustered"})
+    assert app.get("/get").json == {"value": "clustered", "new": False}
+
+
+@pytest.mark.cluster
+def test_rotation_on_a_cluster_deletes_the_old_key(
+    transient_cluster_settings: dict[str, Any], transient_cluster_manager: RedisManager
+) -> None:
+    def rotate(request: Any) -> dict[str, Any]:
+        rotate_session(request)
+        return {}
+
+    app = build({**transient_cluster_settings, **SECRET}, {**BASIC, "/rotate": rotate})
+    for _ in range(5):  # old and new keys land on different nodes for some of these
+        app.get("/set", {"v": "kept"})
+        app.get("/rotate")
+    client = transient_cluster_manager.get("sessions")
+    pattern = transient_cluster_manager.keyspace("session", "sessions").pattern()
+    assert len(list(client.scan_iter(match=pattern))) == 1
+    assert app.get("/get").json["value"] == "kept"
+
+
+@pytest.mark.sentinel
+def test_sessions_work_through_sentinel(transient_sentinel_settings: dict[str, Any]) -> None:
+    app = build({**transient_sentinel_settings, **SECRET}, BASIC)
+    app.get("/set", {"v": "watched"})
+    assert app.get("/get").json == {"value": "watched", "new": False}
