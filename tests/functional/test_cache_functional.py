@@ -1,0 +1,70 @@
+"""The cache demo page through webtest: cached list and detail pages, a form that updates."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import webtest
+
+from pyramid_transient.cache import get_region
+from pyramid_transient.connection import get_manager
+
+SESSION_FACTORY = "pyramid_transient.demo.models.session_factory"
+
+
+def build_of(page: webtest.TestResponse) -> str:
+    match = re.search(r'<code class="build">(\w+)</code>', page.text)
+    assert match, page.text
+    return match.group(1)
+
+
+@pytest.fixture(params=["hooks from the demo", "hooks from the setting"])
+def app(request: Any, make_app: Callable[..., webtest.TestApp]) -> webtest.TestApp:
+    if request.param == "hooks from the setting":
+        return make_app(**{"transient.cache.sqlalchemy_session": SESSION_FACTORY})
+    return make_app()
+
+
+def test_list_page_is_served_from_the_cache(app: webtest.TestApp) -> None:
+    first = app.get("/cache")
+    assert "Teapot" in first.text
+    assert build_of(app.get("/cache")) == build_of(first)
+
+
+def test_detail_page_is_served_from_the_cache(app: webtest.TestApp) -> None:
+    first = app.get("/cache/1")
+    assert "<h1>Teapot</h1>" in first.text
+    assert build_of(app.get("/cache/1")) == build_of(first)
+
+
+def test_updating_a_row_shows_on_both_pages_at_the_next_request(app: webtest.TestApp) -> None:
+    listing, detail, other = app.get("/cache"), app.get("/cache/1"), app.get("/cache/2")
+    form = detail.forms[0]
+    form["name"] = "Teapot <deluxe>"
+    form["price"] = "30"
+    after = form.submit().follow()
+    assert "<h1>Teapot &lt;deluxe&gt;</h1>" in after.text and "Price: 30" in after.text
+    assert build_of(after) != build_of(detail)
+    new_listing = app.get("/cache")
+    assert "Teapot &lt;deluxe&gt;" in new_listing.text
+    assert build_of(new_listing) != build_of(listing)
+    assert build_of(app.get("/cache/2")) == build_of(other)  # another row stays cached
+
+
+def test_unknown_item_is_not_found(app: webtest.TestApp) -> None:
+    app.get("/cache/999", status=404)
+    app.post("/cache/999", {"name": "x"}, status=404)
+
+
+def test_home_page_links_the_cache_page(app: webtest.TestApp) -> None:
+    assert "/cache" in app.get("/").text
+
+
+def test_cached_values_live_in_the_cache_database(app: webtest.TestApp) -> None:
+    app.get("/cache/1")
+    manager = get_manager(app.app.registry)
+    region = get_region(app.app.registry, "default")
+    assert region.backend.writer_client.connection_pool is manager.get("cache").connection_pool
