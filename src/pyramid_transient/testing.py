@@ -724,7 +724,9 @@ class SentinelGroup:
         """Start master and replica, then the sentinels; wait until they see both."""
         try:
             master = self._data_dir("master")
-            self.master = _start_with_retries(lambda: RedisServer(directory=master))
+            self.master = _start_with_retries(
+                lambda: RedisServer(directory=master, args=self._replicaof(None))
+            )
             replica = self._data_dir("replica")
             self.replica = _start_with_retries(
                 lambda: RedisServer(directory=replica, args=self._replicaof(self.master_port))
@@ -759,8 +761,11 @@ class SentinelGroup:
         return path
 
     @staticmethod
-    def _replicaof(port: int) -> list[str]:
-        return ["--replicaof", "127.0.0.1", str(port)]
+    def _replicaof(port: int | None) -> list[str]:
+        # Every data server may become a master: none waits the default 5 s before a full
+        # sync, so a replica (or a restored old master) is in sync at once.
+        args = ["--repl-diskless-sync-delay", "0"]
+        return [*args, "--replicaof", "127.0.0.1", str(port)] if port else args
 
     def _wait_replica_up(self, replica: RedisServer, timeout: float) -> None:
         def up() -> bool:
