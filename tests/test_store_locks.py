@@ -327,3 +327,13 @@ def test_lock_on_a_manager_uses_its_prefix(transient_manager: RedisManager, clie
     with section("s", redis=transient_manager).get("doc"):
         key = transient_manager.keyspace("store").tagged("s", "locks")
         assert client.hkeys(key) == [b"doc."]
+
+
+def test_child_made_before_the_lock_is_taken_is_guarded_too(client: Any) -> None:
+    doc = section("s", redis=client, lock_expire_timeout=0.05).get("doc")
+    value = doc.get("v")
+    doc.acquire()
+    time.sleep(0.08)
+    with pytest.raises(LockNotOwned):
+        value.add(1)
+    assert not value.exists()

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Lock",
     "Proxy",
+    "current_owner",
     "get_store",
     "includeme",
     "root",
@@ -930,7 +931,7 @@ class Proxy:
         self._expire_timeout = lock_expire_timeout
         self._binding_: _Binding | None = None
         self._lock_: Lock | None = None
-        self._guards: tuple[Lock, ...] = ()
+        self._guards: tuple[Proxy, ...] = ()
 
     @classmethod
     def _make(cls, path: tuple[str, ...], binding: _Binding | None, like: Proxy) -> Proxy:
@@ -965,8 +966,8 @@ class Proxy:
     def get(self, key: str) -> Proxy:
         """The proxy of the node at ``key`` below this one (nothing is read)."""
         child = self._make(self._path + _split(key, "key"), self._binding_, self)
-        held = (self._lock_,) if self._lock_ is not None else ()
-        child._guards = held + self._guards
+        # Looked up at write time, so a lock taken on this proxy later still guards them.
+        child._guards = (self, *self._guards)
         return child
 
     __getitem__ = get
@@ -979,7 +980,8 @@ class Proxy:
 
     def _guard(self) -> list[Any]:
         owner = None
-        for lock in (self._lock_, *self._guards):
+        for proxy in (self, *self._guards):
+            lock = proxy._lock_
             if lock is not None and lock.held:
                 owner = lock
                 break
