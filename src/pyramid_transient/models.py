@@ -378,6 +378,8 @@ def _scripts(client: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- types
 
 _NONE_TYPE = type(None)
+_BOOL: TypeAdapter[bool] = TypeAdapter(bool)
+_STR: TypeAdapter[str] = TypeAdapter(str)
 
 
 def _strip(annotation: Any) -> Any:
@@ -455,6 +457,11 @@ class _Meta:
     strict: bool
     optimistic: bool
     adapters: dict[str, TypeAdapter[Any]]
+    #: Per field, for lookup values: the annotation without None, and its item type.
+    value_adapters: dict[str, TypeAdapter[Any]]
+    item_adapters: dict[str, TypeAdapter[Any] | None]
+    #: Key names per key space (names are built once, not on every call).
+    names: dict[KeySpace, tuple[str, str, str, tuple[str, ...]]]
 
 
 @dataclass(frozen=True)
@@ -748,6 +755,15 @@ class RedisModel(BaseModel):
             strict=bool(cls.__strict__),
             optimistic=bool(cls.__optimistic__),
             adapters={f: TypeAdapter(cast(Any, info.annotation)) for f, info in fields.items()},
+            value_adapters={
+                f: TypeAdapter(cast(Any, _strip(info.annotation))) for f, info in fields.items()
+            },
+            item_adapters={
+                f: None if item is Any else TypeAdapter(item)
+                for f, info in fields.items()
+                for item in [_item_annotation(info.annotation)]
+            },
+            names={},
         )
 
     # ------------------------------------------------------------------ binding
@@ -784,15 +800,15 @@ class RedisModel(BaseModel):
             binding = _Binding(manager.get(DATABASE), manager.keyspace(CAPABILITY, DATABASE))
         meta = cls.__transient_meta__
         ks, tag = binding.keyspace, meta.storage_name
-        return _Keys(
-            client=binding.client,
-            all=ks.tagged(tag, "all"),
-            meta=ks.tagged(tag, "meta"),
-            data=ks.tagged(tag, "data"),
-            indexes=tuple(ks.tagged(tag, "idx", i.field) for i in meta.indexes),
-            keyspace=ks,
-            tag=tag,
-        )
+        names = meta.names.get(ks)
+        if names is None:
+            names = meta.names[ks] = (
+                ks.tagged(tag, "all"),
+                ks.tagged(tag, "meta"),
+                ks.tagged(tag, "data"),
+                tuple(ks.tagged(tag, "idx", i.field) for i in meta.indexes),
+            )
+        return _Keys(binding.client, *names, keyspace=ks, tag=tag)
 
     @classmethod
     def _run(cls, keys: _Keys, name: str, data_key: str, extra_keys: Sequence[str],
@@ -1155,22 +1171,23 @@ class RedisModel(BaseModel):
     @classmethod
     def _coerce(cls, field: str, value: Any, op: str) -> Any:
         annotation = cls.model_fields[field].annotation
+        meta = cls.__transient_meta__
         try:
             if op == "isnull":
-                return TypeAdapter(bool).validate_python(value)
+                return _BOOL.validate_python(value)
             if op == "in":
                 if isinstance(value, str | bytes) or not isinstance(value, Iterable):
                     raise ValueError("expected a list, tuple or set of values")
-                adapter = TypeAdapter(_strip(annotation))
+                adapter = meta.value_adapters[field]
                 return [None if v is None else adapter.validate_python(v) for v in value]
             if value is None:
                 return None
             if op == "startswith":
-                return TypeAdapter(str).validate_python(value)
+                return _STR.validate_python(value)
             if op == "contains":
-                item = _item_annotation(annotation)
-                return value if item is Any else TypeAdapter(item).validate_python(value)
-            return TypeAdapter(_strip(annotation)).validate_python(value)
+                item = meta.item_adapters[field]
+                return value if item is None else item.validate_python(value)
+            return meta.value_adapters[field].validate_python(value)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             raise ValueError(
                 f"{cls.__name__}.{field}__{op}: {value!r} is not a valid value for a field "
