@@ -546,3 +546,12 @@ def test_cluster_subtree_set_val_expire_and_lock(transient_cluster_manager: Redi
         assert sect.get("doc").time_to_live() is not None
     root_proxy = root(redis=transient_cluster_manager)
     assert sorted(root_proxy.val()) == ["alpha", "beta", "gamma"]
+
+
+@pytest.mark.sentinel
+def test_sentinel_subtree_set_val_and_lock(transient_sentinel_manager: RedisManager) -> None:
+    sect = section("s", redis=transient_sentinel_manager)
+    with sect.get("doc") as doc:
+        doc.set("a", {"b": 1})
+        doc.get("n").add(1)
+    assert sect.get("doc").val() == {"a": {"b": 1}, "n": 1}

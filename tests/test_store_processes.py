@@ -142,3 +142,21 @@ def test_readers_see_the_old_or_the_new_subtree_never_a_mix(target: tuple[str, i
     assert [s["bad"] for s in seen] == [0, 0]
     assert sum(s["old"] for s in seen) > 0
     assert sum(s["new"] for s in seen) > 0
+
+
+def _owner_of_child(results: Any) -> None:
+    from pyramid_transient.store import current_owner
+
+    results.put(current_owner())
+
+
+def test_a_forked_child_is_another_owner() -> None:
+    from pyramid_transient.store import current_owner
+
+    mine = current_owner()
+    results = CTX.Queue()
+    child = CTX.Process(target=_owner_of_child, args=(results,))
+    child.start()
+    theirs = results.get(timeout=TIMEOUT)
+    _join([child])
+    assert theirs != mine
