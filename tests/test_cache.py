@@ -175,15 +175,14 @@ def test_key_over_n_instances_is_one_round_trip_first_time_included(
 def test_the_same_instance_twice_reads_its_token_once(
     cache_key: CacheKeyGenerator, pages: list[Page], transient_manager: RedisManager
 ) -> None:
-    store = token_store(transient_manager)
     calls: list[int] = []
-    original = store.tokens
+    original = cache_key.store.digest
 
     def counting(identities: Any) -> Any:
         calls.append(len(identities))
         return original(identities)
 
-    cache_key.store.tokens = counting  # type: ignore[method-assign]
+    cache_key.store.digest = counting  # type: ignore[method-assign]
     cache_key(pages[0], pages[0], row_identity(Page.__table__, 1))
     assert calls == [1]
 
@@ -407,5 +406,5 @@ def test_cache_key_never_raises_on_a_redis_error_it_can_answer(
     def broken(identities: Any) -> Any:
         raise redis.TimeoutError("slow")
 
-    monkeypatch.setattr(generator.store, "tokens", broken)
+    monkeypatch.setattr(generator.store, "digest", broken)
     assert generator(row_identity("t", 1)) != generator(row_identity("t", 1))

@@ -198,20 +198,16 @@ class CacheKeyGenerator:
         digest = hashlib.blake2b(digest_size=20)
         if identities:
             try:
-                tokens = self.store.tokens(list(identities))
+                tokens = self.store.digest(list(identities))
             except redis.RedisError as exc:
                 self._outage.failed(exc)
                 digest.update(b"nonce\x1f" + secrets.token_bytes(16))
                 return digest.hexdigest()
             self._outage.recovered()
-        else:
-            tokens = []
+            digest.update(b"tokens\x1f" + tokens)
         for part in parts:
             if isinstance(part, tuple):
-                digest.update(b"\x1et")
-                for index in part:
-                    digest.update(b"\x1f")
-                    digest.update(tokens[index])
+                digest.update(b"\x1et" + ",".join(map(str, part)).encode("ascii"))
             else:
                 digest.update(b"\x1ev")
                 digest.update(part.encode("utf-8"))

@@ -83,8 +83,12 @@ RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 # ARGV[1]                   how many of KEYS to invalidate
 # ARGV[2]                   token time to live, in seconds
 # ARGV[3]                   random base of new tokens: KEYS[i] gets ARGV[3] .. i
+# ARGV[4]                   optional: "digest" to return the SHA1 of the tokens read,
+#                           joined with ",", instead of the tokens (a cache key needs no
+#                           more, and one short reply is cheaper to parse than N)
 #
-# Returns the tokens of the keys read, in order. Every key shares the {tokens} hash tag.
+# Returns the tokens of the keys read, in order, or their digest. Every key shares the
+# {tokens} hash tag.
 TOKENS_SCRIPT = """
 local n = tonumber(ARGV[1])
 for i = 1, n, 1000 do
@@ -98,6 +102,9 @@ for i = n + 1, #KEYS do
     redis.call('SET', KEYS[i], token, 'NX', 'EX', ARGV[2])
   end
   tokens[#tokens + 1] = token
+end
+if ARGV[4] == 'digest' then
+  return redis.sha1hex(table.concat(tokens, ','))
 end
 return tokens
 """
@@ -145,6 +152,8 @@ def _pk_part(value: Any) -> str:
     # One text per primary key value. The types of one column do not change, so this only
     # has to be injective per type; equal values of the usual types give the same text
     # (row_identity("users", 42) and row_identity("users", "42") name the same row).
+    if type(value) is int:
+        return str(value)
     if value is None:
         raise ValueError("a primary key value is None: the row has no identity yet (flush it)")
     if isinstance(value, bool):
@@ -189,16 +198,19 @@ def row_identity(table: Any, *pk: Any, schema: str | None = None) -> Identity:
 
 
 class _MapperInfo:
-    __slots__ = ("row_table", "tables")
+    __slots__ = ("prefix", "tables")
 
     def __init__(self, mapper: Any) -> None:
-        #: The table whose primary key is the identity (the base mapper's table).
-        self.row_table = mapper.base_mapper.local_table
+        # The row's table is the base mapper's: its primary key is the identity.
+        name, schema = _table_parts(mapper.base_mapper.local_table, None)
+        self.prefix = "r:" + _qualified(name, schema) + ":"
         #: Every table a change through this mapper may write (joined inheritance: all).
         self.tables = tuple(dict.fromkeys(table_identity(t) for t in mapper.tables))
 
     def row(self, pk: Sequence[Any]) -> Identity:
-        return row_identity(self.row_table, *pk)
+        if len(pk) == 1:
+            return Identity(self.prefix + _pk_part(pk[0]))
+        return Identity(self.prefix + ":".join(map(_pk_part, pk)))
 
 
 _MAPPERS: weakref.WeakKeyDictionary[Any, _MapperInfo] = weakref.WeakKeyDictionary()
@@ -224,28 +236,30 @@ def identities_of(obj: Any) -> tuple[Identity, ...]:
     """
     if isinstance(obj, str):
         return (obj if type(obj) is Identity else Identity(obj),)
+    # Fast path for mapped instances (the common fragment): their state is an attribute.
+    state = None if isinstance(obj, type) else getattr(obj, "_sa_instance_state", None)
+    if state is not None:
+        key = state.key
+        if key is None:
+            raise ValueError(
+                f"{type(obj).__name__} instance {obj!r} has no identity yet: flush the "
+                "session before building a cache key from it"
+            )
+        info = _MAPPERS.get(state.mapper)
+        if info is None:
+            info = _mapper_info(state.mapper)
+        return (info.row(key[1]),)
     from sqlalchemy import Table, inspect  # lazily: SQLAlchemy is an optional dependency
 
     if isinstance(obj, Table):
         return (table_identity(obj),)
     insp = inspect(obj, raiseerr=False)
-    if insp is None:
+    if insp is None or not getattr(insp, "is_mapper", False):
         raise TypeError(
             f"cannot take the identity of a {type(obj).__name__}: give a mapped instance, "
             "a mapped class, a Table or an identity string"
         )
-    if getattr(insp, "is_mapper", False):
-        return _mapper_info(insp).tables
-    key = getattr(insp, "key", None)
-    mapper = getattr(insp, "mapper", None)
-    if mapper is None:
-        raise TypeError(f"cannot take the identity of {obj!r}")
-    if key is None:
-        raise ValueError(
-            f"{type(obj).__name__} instance {obj!r} has no identity yet: flush the session "
-            "before building a cache key from it"
-        )
-    return (_mapper_info(mapper).row(key[1]),)
+    return _mapper_info(insp).tables
 
 
 # --------------------------------------------------------------------------- token store
@@ -390,13 +404,20 @@ class TokenStore:
         Invalidations waiting for a retry on the same client go in the same round trip,
         before the reads. Raises :class:`redis.RedisError` when Redis cannot be reached.
         """
+        return cast(list[bytes], self._read(identities, ()))
+
+    def digest(self, identities: Sequence[str]) -> bytes:
+        """The SHA1 (hex) of the tokens of ``identities``, as :meth:`tokens` reads them."""
+        return cast(bytes, self._read(identities, ("digest",)))
+
+    def _read(self, identities: Sequence[str], extra: tuple[str, ...]) -> Any:
         keys = [self.key(i) for i in identities]
         backlog = _BACKLOGS.get(self.client)
         retried = backlog.take() if backlog is not None and len(backlog) else []
         try:
             result = _script(self.client)(
                 keys=[*retried, *keys],
-                args=[len(retried), self.ttl, secrets.token_hex(12) + "-"],
+                args=[len(retried), self.ttl, secrets.token_hex(12) + "-", *extra],
                 client=self.client,
             )
         except Exception:
@@ -405,7 +426,7 @@ class TokenStore:
             raise
         if retried:
             _backlog(self.client).succeeded()
-        return cast(list[bytes], result)
+        return result
 
     def invalidate(self, identities: Iterable[str]) -> bool:
         """Delete the tokens of ``identities`` in one round trip; never raises.
