@@ -58,8 +58,13 @@ IDEMPOTENT_COMMANDS = frozenset(
         "HGET", "HMGET", "HGETALL", "HKEYS", "HVALS", "HLEN", "HEXISTS", "HSTRLEN",
         "SMEMBERS", "SISMEMBER", "SMISMEMBER", "SCARD",
         "ZRANGE", "ZRANGEBYSCORE", "ZREVRANGE", "ZREVRANGEBYSCORE", "ZSCORE", "ZMSCORE",
-        "ZCARD", "ZCOUNT", "ZRANK", "LRANGE", "LLEN", "LINDEX",
+        "ZCARD", "ZCOUNT", "ZRANK", "ZREVRANK", "ZRANGEBYLEX", "ZREVRANGEBYLEX", "ZLEXCOUNT",
+        "LRANGE", "LLEN", "LINDEX", "LPOS", "SINTER", "SUNION", "SDIFF",
+        "SCAN", "HSCAN", "SSCAN", "ZSCAN", "GETBIT", "BITCOUNT", "BITPOS",
+        "XRANGE", "XREVRANGE", "XLEN", "EXPIRETIME", "PEXPIRETIME",
         "PING", "ECHO", "INFO", "DBSIZE", "TIME", "SCRIPT EXISTS",
+        # read-only scripts cannot write, and loading a script twice gives the same SHA
+        "EVAL_RO", "EVALSHA_RO", "FCALL_RO", "SCRIPT LOAD",
         # full-value writes: applying them twice leaves the same state and reply
         "SETEX", "PSETEX", "MSET",
     }
@@ -200,7 +205,9 @@ class RedisManager:
 
     def __repr__(self) -> str:
         where = {
-            "cluster": lambda: "cluster " + " ".join(f"{h}:{p}" for h, p in self.settings.cluster_nodes),
+            "cluster": lambda: (
+                "cluster " + " ".join(f"{h}:{p}" for h, p in self.settings.cluster_nodes)
+            ),
             "sentinel": lambda: f"sentinel {self.settings.sentinel_service}",
         }.get(self.mode, lambda: redact_url(self.settings.url))()
         return f"<RedisManager {where} dbs={dict(self.settings.databases)}>"
