@@ -1,7 +1,107 @@
-"""Demo page: placeholder until its issue lands."""
+"""Demo page of Redis models: tasks with indexed status and priority, each expiring alone.
 
-from typing import Any
+Saves and deletes are deferred to pyramid_tm's commit (``on_commit=True``): the redirect
+after a POST is answered only once they are written, and a failed request writes nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, ClassVar
+
+from pydantic import Field, ValidationError
+from pyramid.httpexceptions import HTTPSeeOther
+
+from ..exceptions import NotFound
+from ..models import RedisModel
+
+
+class Status(enum.StrEnum):
+    todo = "todo"
+    doing = "doing"
+    done = "done"
+
+
+class DemoTask(RedisModel):
+    """A task of the demo: generated key, expires an hour after its last save."""
+
+    __expire__: ClassVar[float | None] = 3600
+    __indexes__: ClassVar[tuple[str, ...]] = ("status", "priority")
+
+    title: str = Field(min_length=1, max_length=200)
+    priority: int = Field(default=1, ge=1, le=5)
+    status: Status = Status.todo
+
+
+NEXT = {Status.todo: Status.doing, Status.doing: Status.done, Status.done: Status.todo}
+
+
+def _page(request: Any, error: str | None = None) -> dict[str, Any]:
+    status = request.GET.get("status", "")
+    min_priority = request.GET.get("min_priority", "")
+    lookups: dict[str, Any] = {}
+    if status in Status.__members__:
+        lookups["status"] = status
+    if min_priority.isdigit():
+        lookups["priority__gte"] = int(min_priority)
+    tasks = DemoTask.filter(**lookups) if lookups else DemoTask.all()
+    tasks.sort(key=lambda t: (-t.priority, t.title))
+    if error is not None:
+        request.response.status = 400
+    return {
+        "tasks": tasks,
+        "total": DemoTask.count(),
+        "statuses": list(Status),
+        "status": status,
+        "min_priority": min_priority,
+        "lookups": lookups,
+        "error": error,
+    }
+
+
+def models_page(request: Any) -> dict[str, Any]:
+    return _page(request)
+
+
+def models_post(request: Any) -> Any:
+    action = request.POST.get("action", "")
+    try:
+        if action == "add":
+            DemoTask(
+                title=request.POST.get("title", "").strip(),
+                priority=request.POST.get("priority", "1"),
+                status=request.POST.get("status", "todo"),
+            ).save(on_commit=True)
+        elif action in ("advance", "delete"):
+            task = DemoTask.get(request.POST.get("pk", ""))
+            if action == "advance":
+                task.status = NEXT[task.status]
+                task.save(on_commit=True)
+            else:
+                task.delete(on_commit=True)
+        else:
+            raise ValueError(f"unknown action {action!r}: use add, advance or delete")
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return _render_error(request, f"invalid task: {problems}")
+    except NotFound:
+        return _render_error(request, "that task does not exist any more")
+    except ValueError as exc:
+        return _render_error(request, str(exc))
+    return HTTPSeeOther(request.route_url("models"))
+
+
+def _render_error(request: Any, message: str) -> Any:
+    from pyramid.renderers import render_to_response
+
+    return render_to_response(
+        "models.jinja2", _page(request, error=message), request=request, response=request.response
+    )
 
 
 def includeme(config: Any) -> None:
-    pass
+    config.add_route("models", "/models")
+    config.add_view(
+        models_page, route_name="models", request_method="GET", renderer="models.jinja2"
+    )
+    config.add_view(models_post, route_name="models", request_method="POST")
