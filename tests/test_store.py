@@ -555,3 +555,10 @@ def test_sentinel_subtree_set_val_and_lock(transient_sentinel_manager: RedisMana
         doc.set("a", {"b": 1})
         doc.get("n").add(1)
     assert sect.get("doc").val() == {"a": {"b": 1}, "n": 1}
+
+
+def test_a_section_can_hold_a_scalar_then_a_subtree(client: Any) -> None:
+    root(redis=client).set("s", 5)
+    assert section("s", redis=client).val() == 5
+    root(redis=client).set("s.a", 1)
+    assert section("s", redis=client).val() == {"a": 1}

@@ -337,3 +337,11 @@ def test_child_made_before_the_lock_is_taken_is_guarded_too(client: Any) -> None
     with pytest.raises(LockNotOwned):
         value.add(1)
     assert not value.exists()
+
+
+def test_extend_with_replace_ttl_sets_the_time_left(client: Any) -> None:
+    held = lock(client, "a", expire_timeout=10)
+    held.acquire()
+    held.extend(0.05, replace_ttl=True)
+    time.sleep(0.08)
+    assert not held.owned()

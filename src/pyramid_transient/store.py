@@ -862,9 +862,10 @@ class Lock:
                 lock_name=self.path,
             )
 
-    def extend(self, additional_time: float | None = None, *, replace_ttl: bool = True) -> None:
-        """Push the expiry back: to ``expire_timeout`` from now by default, or by
-        ``additional_time`` seconds (added to the time left unless ``replace_ttl``).
+    def extend(self, additional_time: float | None = None, *, replace_ttl: bool = False) -> None:
+        """Push the expiry back: to ``expire_timeout`` from now by default; with
+        ``additional_time``, by that many seconds added to the time left (as redis-py's
+        ``Lock.extend``), or to that many seconds from now with ``replace_ttl=True``.
         Raises :class:`~pyramid_transient.exceptions.LockNotOwned` if the lock was lost."""
         ms = self._expire_ms if additional_time is None else _ms(additional_time, "extend time")
         add = "0" if replace_ttl or additional_time is None else "1"
