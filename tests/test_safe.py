@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import multiprocessing
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from decimal import Decimal
 from typing import Any
@@ -18,7 +20,7 @@ from pyramid.config import Configurator
 from pyramid.scripting import prepare
 
 from pyramid_transient import safe as safe_module
-from pyramid_transient.connection import RedisManager
+from pyramid_transient.connection import RedisManager, get_manager
 from pyramid_transient.exceptions import ConfigurationError, ConflictError, ReplicationTimeout
 from pyramid_transient.safe import Safe, get_safe
 from pyramid_transient.testing import RedisServer, test_settings
@@ -629,6 +631,23 @@ def test_a_module_level_safe_follows_whichever_app_is_running(
             env["closer"]()
     client = transient_manager.get("safe")
     assert [client.hget(k, "app") for k in keys] == [b'"appone"', b'"apptwo"']
+
+
+def test_a_module_level_safe_does_not_keep_an_app_alive(
+    transient_settings: dict[str, Any],
+) -> None:
+    config = Configurator(settings=transient_settings)
+    config.include("pyramid_transient.safe")
+    env = prepare(registry=config.registry)
+    try:
+        MODULE_SAFE.get("a")
+    finally:
+        env["closer"]()
+    manager = weakref.ref(get_manager(config.registry))
+    manager().close()  # type: ignore[union-attr]
+    del config, env
+    gc.collect()
+    assert manager() is None
 
 
 def test_a_module_level_safe_without_a_running_app_says_how_to_bind_it() -> None:

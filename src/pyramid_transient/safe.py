@@ -436,9 +436,19 @@ class Safe(MutableMapping[str, Any]):
                 key="transient.safe.wait_replicas",
                 value=wait,
             )
+        # A weak reference: the target is a value of a WeakKeyDictionary keyed by this
+        # manager, and a strong one would keep every app's manager alive for ever.
+        ref = weakref.ref(manager)
+
+        def get_client() -> Client:
+            alive = ref()
+            if alive is None:  # pragma: no cover - the entry goes with its manager
+                raise ConfigurationError(f"safe {self.name!r}: its application has gone")
+            return alive.get(DATABASE)
+
         return _Target(
             manager.keyspace(CAPABILITY, DATABASE).tagged(self.name),
-            lambda: manager.get(DATABASE),
+            get_client,
             wait_replicas=wait,
             wait_timeout=timeout,
             socket_timeout=manager.settings.socket_timeout,
@@ -681,7 +691,8 @@ class Safe(MutableMapping[str, Any]):
             return value
         # A corrupt value reads as missing: replace it, unless someone just did.
         stored, raw = self._run(t, "setdefault", [field, data, raw])
-        return default if stored else codec.decode(raw)
+        value = default if stored else self._decode(key, raw)
+        return default if value is _MISSING else value
 
     def clear(self) -> None:
         """Remove every key of this safe (one DEL of its hash; nothing else is touched)."""
