@@ -55,6 +55,7 @@ __all__ = [
     "TokenStore",
     "get_token",
     "identities_of",
+    "pending_invalidations",
     "register",
     "row_identity",
     "table_identity",
