@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["pyramid_transient.testing"]
+pytest_plugins = ["pyramid_transient.testing", "pytester"]
 
 
 def _postgres_url() -> str | None:

@@ -7,8 +7,9 @@ Load it as a pytest plugin from your ``conftest.py``::
 Fixtures:
 
 ``transient_redis_url``
-    (session) URL of a real ``redis-server`` started for the run on a free loopback port
-    (never 6379), or the server named by ``--redis-url`` / ``REDIS_URL``. Without a
+    (session) URL of a real ``redis-server`` (or the binary named by
+    ``TRANSIENT_REDIS_SERVER``) started for the run on a free loopback port (never 6379),
+    or the server named by ``--redis-url`` / ``REDIS_URL``. Without a
     ``redis-server`` binary it falls back to ``memory://`` and says so in the summary,
     except under ``CI=true``, where a missing server fails the run.
 ``transient_redis_server``
@@ -326,10 +327,11 @@ if pytest is not None:
             _TARGET.append(target)
             yield target
             return
-        if shutil.which("redis-server") is None:
+        executable = os.environ.get("TRANSIENT_REDIS_SERVER", "redis-server")
+        if shutil.which(executable) is None:
             if in_ci():
                 pytest.fail(
-                    "CI=true but no redis-server binary is on PATH: install redis-server "
+                    f"CI=true but no {executable!r} binary is on PATH: install redis-server "
                     "(the suite needs a real server in CI)",
                     pytrace=False,
                 )
@@ -342,7 +344,7 @@ if pytest is not None:
             _TARGET.append(target)
             yield target
             return
-        server = RedisServer().start()
+        server = RedisServer(executable=executable).start()
         target = _Target(server.url, server, f"tests ran on redis-server at {server.url}")
         _TARGET.append(target)
         try:
