@@ -543,9 +543,17 @@ def test_a_concurrent_reader_never_sees_half_of_an_update(safe: Safe) -> None:
     assert all(len(values) == 1 for values in seen)
 
 
-def _increment(settings: dict[str, Any], name: str, times: int) -> None:
+def _ready(barrier: Any, settings: dict[str, Any], name: str) -> tuple[RedisManager, Safe]:
+    """Connect, then wait for the other processes, so that they all write at once."""
     manager = RedisManager.from_settings(settings)
     safe = get_safe(name, manager)
+    safe.get("connect")
+    barrier.wait(30)
+    return manager, safe
+
+
+def _increment(barrier: Any, settings: dict[str, Any], name: str, times: int) -> None:
+    manager, safe = _ready(barrier, settings, name)
     for _ in range(times):
         for attempt in safe.atomic(retries=1000):
             with attempt as s:
@@ -553,9 +561,10 @@ def _increment(settings: dict[str, Any], name: str, times: int) -> None:
     manager.close()
 
 
-def _write_distinct_and_shared(settings: dict[str, Any], name: str, worker: int) -> None:
-    manager = RedisManager.from_settings(settings)
-    safe = get_safe(name, manager)
+def _write_distinct_and_shared(
+    barrier: Any, settings: dict[str, Any], name: str, worker: int
+) -> None:
+    manager, safe = _ready(barrier, settings, name)
     for i in range(25):
         safe[f"w{worker}-{i}"] = [worker, i]
         safe["last"] = worker
@@ -567,7 +576,8 @@ def _write_distinct_and_shared(settings: dict[str, Any], name: str, worker: int)
 
 def _run_processes(target: Callable[..., None], args: list[tuple[Any, ...]]) -> None:
     ctx = multiprocessing.get_context("spawn")
-    processes = [ctx.Process(target=target, args=a) for a in args]
+    barrier = ctx.Barrier(len(args))
+    processes = [ctx.Process(target=target, args=(barrier, *a)) for a in args]
     for p in processes:
         p.start()
     for p in processes:
