@@ -30,7 +30,14 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    scoped_session,
+    sessionmaker,
+)
 
 from pyramid_transient import invalidation
 from pyramid_transient.connection import RedisManager
@@ -429,6 +436,21 @@ def test_registering_again_replaces_the_listener(
         listener.remove()
 
 
+def test_hooks_bound_to_a_scoped_session_invalidate(
+    factory: Any, items: list[Item], transient_manager: RedisManager
+) -> None:
+    scoped = scoped_session(sessionmaker(factory.kw["bind"]))
+    listener = register(scoped, transient_manager)
+    try:
+        before = get_token(transient_manager, items[0])
+        scoped.get(Item, 1).name = "scoped"
+        scoped.commit()
+        scoped.remove()
+        assert get_token(transient_manager, items[0]) != before
+    finally:
+        listener.remove()
+
+
 def test_commit_through_zope_sqlalchemy_and_transaction_invalidates(
     engine: Any, factory: Any, items: list[Item], transient_manager: RedisManager
 ) -> None:
@@ -645,3 +667,12 @@ def test_tokens_and_invalidation_on_a_cluster_are_one_round_trip_each(
     assert rt.count == 1
     second = store.tokens(ids)
     assert [a != b for a, b in zip(first, second, strict=True)] == [True] * 10 + [False] * 41
+
+
+@pytest.mark.sentinel
+def test_invalidation_through_sentinel(transient_sentinel_manager: RedisManager) -> None:
+    store = token_store(transient_sentinel_manager)
+    before = store.tokens([row_identity("t", 1), table_identity("t")])
+    assert store.invalidate([row_identity("t", 1)]) is True
+    after = store.tokens([row_identity("t", 1), table_identity("t")])
+    assert after[0] != before[0] and after[1] == before[1]
