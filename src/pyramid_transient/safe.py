@@ -303,7 +303,7 @@ class _Target:
         # Registered once per target. The sha does not depend on the client, so the
         # scripts are then called with whichever client the manager gives (a new one
         # after a fork); loading them now saves a NOSCRIPT round trip at their first call.
-        self.scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
+        self.scripts = {key: client.register_script(src) for key, src in _SCRIPTS.items()}
         commands: list[tuple[Any, ...]] = [
             ("SCRIPT", "LOAD", script.script) for script in self.scripts.values()
         ]
