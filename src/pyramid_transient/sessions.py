@@ -385,6 +385,8 @@ class TransientSession(RedisSession):
         self._responded = False
         #: The load already refreshed the TTL (GETEX), so no EXPIRE is needed.
         self._refreshed = False
+        #: What the save will write, decided once by :meth:`_prepare`.
+        self._prepared: tuple[bytes | None, int | None] | None = None
         super().__init__(
             redis=client,
             session_id=session_id,
@@ -474,6 +476,9 @@ class TransientSession(RedisSession):
             for key, value in self.managed_dict.items():
                 self._check_value(key, value)
             raise TypeError(f"the session cannot be stored: {exc}") from None
+        return self._checked_size(data)
+
+    def _checked_size(self, data: bytes) -> bytes:
         limit = self._factory.max_bytes
         if len(data) > limit:
             raise SessionTooLarge(
@@ -483,14 +488,15 @@ class TransientSession(RedisSession):
             )
         return data
 
-    def _validate(self) -> None:
-        """Raise now, during the request, what a save would refuse."""
-        if "_session_state" not in self.__dict__:
-            return
-        state = self._session_state
-        if state.dont_persist or not state.managed_dict:
-            return
-        self.payload()
+    def _prepare(self) -> None:
+        """Decide, encode and check the save once, during the request (raises here).
+
+        The session is encoded once per request; a change made through the session's
+        methods after this point (``please_persist``) makes the save prepare again.
+        """
+        self._prepared = self._pending_save()
+        if "_session_state" in self.__dict__:
+            self._session_state.please_persist = False
 
     # ------------------------------------------------------------------ ids
 
@@ -571,9 +577,12 @@ class TransientSession(RedisSession):
                 if state.managed_dict or not state.new:
                     payload = self.payload()
             elif self.session_id_safecheck:
-                changed = state.should_persist(self)
+                try:
+                    changed = state.should_persist(self)
+                except TypeError:
+                    changed = self.payload()  # raises, naming the key
                 if changed:
-                    payload = self.payload()
+                    payload = self._checked_size(changed)
         if payload is not None:
             self.ensure_id()
             return payload, None
@@ -598,7 +607,12 @@ class TransientSession(RedisSession):
             log.debug("session not saved: the attempt will be retried (%r)", exc)
             return
         try:
-            payload, expire = self._pending_save()
+            alive = "_session_state" in self.__dict__
+            if alive and self._session_state.please_persist or self._prepared is None:
+                self._prepare()
+            payload, expire = self._prepared or (None, None)
+            if not alive or self._session_state.dont_persist:
+                payload = expire = None  # emptied and invalidated by the cookie callback
             self._execute(payload, expire)
         except redis.RedisError as exc:
             # The response is built; raising here would only break the WSGI server.
@@ -608,16 +622,18 @@ class TransientSession(RedisSession):
 
     def _before_commit(self) -> None:
         # Runs inside pyramid_tm's commit: an error aborts the SQL transaction.
-        self._validate()
+        self._prepare()
 
     def _on_response(
         self, request: Any, response: Any, *, cookie_was_valid: bool, **cookie_options: Any
     ) -> None:
-        self._validate()
-        self._responded = True
         _cookie_callback(
             self, request, response, session_cookie_was_valid=cookie_was_valid, **cookie_options
         )
+        alive = "_session_state" in self.__dict__
+        if self._prepared is None or alive and self._session_state.please_persist:
+            self._prepare()
+        self._responded = True
 
 
 def _will_retry(request: Any, exc: BaseException) -> bool:
@@ -714,9 +730,9 @@ class TransientSessionFactory:
                 key="transient.sessions.serializer",
                 value=serializer,
             )
-        self._mac_key = hashlib.sha256(
-            b"pyramid_transient.sessions\x00" + secret.encode()
-        ).digest()
+        mac_key = hashlib.sha256(b"pyramid_transient.sessions\x00" + secret.encode()).digest()
+        # Keyed once; each seal copies it (cheaper than keying a new HMAC every time).
+        self._mac = hmac.new(mac_key, digestmod=hashlib.sha256)
         self._cookie_signer = cookie_signer or SignedSerializer(
             secret, _COOKIE_SALT, "sha512", serializer=_StringSerializer()
         )
@@ -800,14 +816,16 @@ class TransientSessionFactory:
 
     def seal(self, key: str, payload: bytes) -> bytes:
         """``payload`` behind an HMAC of the secret over the key and the payload."""
-        mac = hmac.new(self._mac_key, key.encode() + b"\x00" + payload, hashlib.sha256)
+        mac = self._mac.copy()
+        mac.update(key.encode() + b"\x00" + payload)
         return _SEAL_VERSION + mac.digest() + payload
 
     def unseal(self, key: str, raw: bytes) -> bytes:
         """The payload of ``raw`` if its HMAC verifies for ``key``, else an invalid session."""
         head = len(_SEAL_VERSION)
         mac, payload = raw[head : head + _MAC_SIZE], raw[head + _MAC_SIZE :]
-        expected = hmac.new(self._mac_key, key.encode() + b"\x00" + payload, hashlib.sha256)
+        expected = self._mac.copy()
+        expected.update(key.encode() + b"\x00" + payload)
         if not raw.startswith(_SEAL_VERSION) or not hmac.compare_digest(mac, expected.digest()):
             log.warning(
                 "session key %r holds a payload that fails HMAC verification (written by "
