@@ -14,12 +14,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from _runner import compare, redis_url
 from pyramid.config import Configurator
 from pyramid.response import Response
 from pyramid.session import SignedCookieSessionFactory
 from webob import Request
-
-from _runner import compare, redis_url
 
 SECRET = "benchmark-secret-of-a-reasonable-length-0123456789"
 

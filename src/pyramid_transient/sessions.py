@@ -608,7 +608,7 @@ class TransientSession(RedisSession):
             return
         try:
             alive = "_session_state" in self.__dict__
-            if alive and self._session_state.please_persist or self._prepared is None:
+            if (alive and self._session_state.please_persist) or self._prepared is None:
                 self._prepare()
             payload, expire = self._prepared or (None, None)
             if not alive or self._session_state.dont_persist:
@@ -631,7 +631,7 @@ class TransientSession(RedisSession):
             self, request, response, session_cookie_was_valid=cookie_was_valid, **cookie_options
         )
         alive = "_session_state" in self.__dict__
-        if self._prepared is None or alive and self._session_state.please_persist:
+        if self._prepared is None or (alive and self._session_state.please_persist):
             self._prepare()
         self._responded = True
 
