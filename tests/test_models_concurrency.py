@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import redis
+import sqlalchemy.exc
 import transaction
 from pyramid import testing
 from redis.backoff import NoBackoff
@@ -259,3 +261,66 @@ def test_models_work_on_a_cluster(transient_cluster_manager: RedisManager) -> No
         assert model.count() == 20
         assert model.delete_filter(n=0) == 5
         assert model.delete_all() == 15
+
+
+# ------------------------------------------------------------------ with SQL
+
+
+@pytest.fixture
+def sql(database_url: str) -> Iterator[Any]:
+    import sqlalchemy as sa
+    from sqlalchemy.orm import DeclarativeBase, sessionmaker
+    from zope.sqlalchemy import register
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Row(Base):
+        __tablename__ = f"models_t_{uuid.uuid4().hex[:8]}"
+        id = sa.Column(sa.Integer, primary_key=True)
+
+    engine = sa.create_engine(database_url)
+    Base.metadata.create_all(engine)
+    session = sessionmaker(bind=engine)()
+    register(session)
+    transaction.abort()
+    transaction.begin()
+    try:
+        yield SimpleNamespace(session=session, Row=Row)
+    finally:
+        transaction.abort()
+        session.close()
+        Base.metadata.drop_all(engine)
+        engine.dispose()
+
+
+def test_deferred_save_lands_with_the_sql_commit(m: SimpleNamespace, sql: Any) -> None:
+    sql.session.add(sql.Row(id=1))
+    m.Account(id=1, owner="ann").save(on_commit=True)
+    transaction.commit()
+    assert m.Account.get(1).owner == "ann"
+
+
+def test_deferred_save_is_dropped_when_the_sql_commit_fails(m: SimpleNamespace, sql: Any) -> None:
+    sql.session.add(sql.Row(id=1))
+    transaction.commit()
+    sql.session.add(sql.Row(id=1))  # a duplicate key: flushed, and refused, at commit
+    m.Account(id=1, owner="ann").save(on_commit=True)
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        transaction.commit()
+    transaction.abort()
+    with pytest.raises(NotFound):
+        m.Account.get(1)
+
+
+@pytest.mark.sentinel
+def test_models_work_through_sentinel(transient_sentinel_manager: RedisManager) -> None:
+    class Watched(RedisModel):
+        __indexes__ = ("n",)
+        id: int
+        n: int
+
+    Watched.bind(transient_sentinel_manager)
+    Watched(id=1, n=2).save()
+    assert Watched.get(1).n == 2
+    assert [w.id for w in Watched.filter(n=2)] == [1]

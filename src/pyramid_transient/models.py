@@ -643,7 +643,7 @@ class _DataManager:
         self.work.clear()
 
     def sortKey(self) -> str:  # the transaction package's name
-        return "~pyramid_transient.models"  # after the SQL resources
+        return "~~pyramid_transient.models"  # after the SQL resources ("~sqlalchemy:...")
 
     def savepoint(self) -> _Savepoint:
         return _Savepoint(self)
