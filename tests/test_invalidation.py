@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import (
     Column,
+    ForeignKey,
     Integer,
     MetaData,
     String,
@@ -35,6 +36,7 @@ from sqlalchemy.orm import (
     Mapped,
     Session,
     mapped_column,
+    relationship,
     scoped_session,
     sessionmaker,
 )
@@ -84,6 +86,18 @@ class Pair(Base):
     a: Mapped[int] = mapped_column(Integer, primary_key=True)
     b: Mapped[str] = mapped_column(String(50), primary_key=True)
     label: Mapped[str] = mapped_column(String(50))
+
+
+class Author(Base):
+    __tablename__ = f"ck_authors_{SUFFIX}"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    books: Mapped[list[Book]] = relationship()
+
+
+class Book(Base):
+    __tablename__ = f"ck_books_{SUFFIX}"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey(f"ck_authors_{SUFFIX}.id"))
 
 
 @pytest.fixture(scope="module")
@@ -383,6 +397,22 @@ def test_rows_of_every_primary_key_type_invalidate_only_themselves(
         session.commit()
     after = tokens(transient_manager, *rows)
     assert [a != b for a, b in zip(after, before, strict=True)] == [True, False, True, True, False]
+
+
+def test_changing_a_collection_changes_the_parent_and_the_child(
+    factory: Any, listener: Any, transient_manager: RedisManager
+) -> None:
+    with factory() as session:
+        author, book = Author(id=1), Book(id=1)
+        session.add_all([author, book])
+        session.commit()
+    before = tokens(transient_manager, author, book)
+    with factory() as session:
+        loaded = session.get(Author, 1)
+        loaded.books.append(session.get(Book, 1))
+        session.commit()
+    after = tokens(transient_manager, author, book)
+    assert after[0] != before[0] and after[1] != before[1]
 
 
 def test_changes_made_by_raw_sql_are_invalidated_when_marked(
