@@ -211,6 +211,7 @@ def test_keys_of_one_section_share_a_hash_tag(
         f"{prefix}:store:{{s}}:expiry",
         f"{prefix}:store:{{s}}:fences",
         f"{prefix}:store:{{s}}:paths",
+        f"{prefix}:store:{{s}}:released",
     ]
 
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from pyramid_transient import store as store_module
 from pyramid_transient.connection import RedisManager
 from pyramid_transient.exceptions import LockNotOwned, LockTimeout
 from pyramid_transient.store import Lock, Proxy, current_owner, root, section
@@ -270,28 +269,23 @@ def test_waiter_gets_the_lock_once_it_is_released(client: Any) -> None:
     assert isinstance(token, int)
 
 
-def test_waiting_sleeps_between_attempts(client: Any, monkeypatch: Any) -> None:
-    """No busy spin: with a fake clock, one second of waiting takes a bounded number of
-    attempts, each after a pause."""
-    now = [0.0]
-    pauses: list[float] = []
-
-    class FakeTime:
-        @staticmethod
-        def monotonic() -> float:
-            return now[0]
-
-        @staticmethod
-        def sleep(seconds: float) -> None:
-            pauses.append(seconds)
-            now[0] += seconds
-
-    with lock(client, "a"):
-        monkeypatch.setattr(store_module, "mod_time", FakeTime)
-        error = other_owner(lambda: lock(client, "a", acquire_timeout=1.0).acquire())
+def test_waiting_blocks_between_attempts_instead_of_spinning(
+    client: Any, round_trips: Any
+) -> None:
+    with lock(client, "a"), round_trips() as rt:
+        error = other_owner(lambda: lock(client, "a", acquire_timeout=0.3).acquire())
     assert isinstance(error, LockTimeout)
-    assert all(p > 0 for p in pauses)
-    assert len(pauses) < 60
+    attempts = rt.commands.count("EVALSHA")
+    assert 2 <= attempts < 30
+    assert rt.commands.count("BLPOP") == attempts - 1
+
+
+def test_release_leaves_a_short_lived_wake_up_for_waiters(client: Any) -> None:
+    held = lock(client, "a.b")
+    held.acquire()
+    held.release()
+    assert client.lrange("store:{a}:released", 0, -1) == [b"1"]
+    assert 0 < client.pttl("store:{a}:released") <= 1000
 
 
 # ---------------------------------------------------------------------- proxy glue

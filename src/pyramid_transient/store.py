@@ -367,7 +367,8 @@ return out
 )
 
 # Helpers of the lock scripts. KEYS[1] locks HASH (path -> 'owner count deadline token'),
-# KEYS[2] lockpaths ZSET (score 0, for ranges), KEYS[3] fences HASH (path -> last token).
+# KEYS[2] lockpaths ZSET (score 0, for ranges), KEYS[3] fences HASH (path -> last token),
+# KEYS[4] released LIST (wake-ups for waiters), all tagged with the section.
 _LUA_LOCK_COMMON = r"""
 local now
 do
@@ -422,7 +423,7 @@ end
 """
 
 # Acquire (or re-enter) the lock of a path.
-# KEYS: locks, lockpaths, fences; ARGV[1] lock path, ARGV[2] owner, ARGV[3] expiry in ms
+# KEYS: locks, lockpaths, fences, released; ARGV[1] lock path, ARGV[2] owner, ARGV[3] expiry in ms
 # Returns {1, fencing token} or {0, ms until the blocking lock expires}.
 _ACQUIRE = (
     _LUA_LOCK_COMMON
@@ -443,7 +444,7 @@ return {1, t}
 """
 )
 
-# Release once. KEYS: locks, lockpaths, fences; ARGV[1] lock path, ARGV[2] owner
+# Release once. KEYS: locks, lockpaths, fences, released; ARGV[1] lock path, ARGV[2] owner
 # Returns the remaining count, or -1 when the owner does not hold the lock.
 _RELEASE = (
     _LUA_LOCK_COMMON
@@ -457,11 +458,15 @@ if c > 1 then
 end
 redis.call('HDEL', KEYS[1], p)
 redis.call('ZREM', KEYS[2], p)
+-- wake a waiter blocked on the section (BLPOP); a few wake-ups at most, gone in a second
+redis.call('RPUSH', KEYS[4], 1)
+redis.call('LTRIM', KEYS[4], -4, -1)
+redis.call('PEXPIRE', KEYS[4], 1000)
 return 0
 """
 )
 
-# Extend. KEYS: locks, lockpaths, fences; ARGV[1] lock path, ARGV[2] owner, ARGV[3] ms
+# Extend. KEYS: locks, lockpaths, fences, released; ARGV[1] lock path, ARGV[2] owner, ARGV[3] ms
 # ARGV[4] '1' to add to the remaining time, '0' to reset it. Returns 1, or 0 if not owned.
 _EXTEND = (
     _LUA_LOCK_COMMON
@@ -476,7 +481,7 @@ return 1
 """
 )
 
-# State. KEYS: locks, lockpaths, fences; ARGV[1] lock path, ARGV[2] owner
+# State. KEYS: locks, lockpaths, fences, released; ARGV[1] lock path, ARGV[2] owner
 # Returns {held by anyone on p/ancestor/descendant 0/1, count held by owner on p, token}.
 _STATE = (
     _LUA_LOCK_COMMON
@@ -647,6 +652,7 @@ class _Binding:
             ks.tagged(section, "locks"),
             ks.tagged(section, "lockpaths"),
             ks.tagged(section, "fences"),
+            ks.tagged(section, "released"),
         ]
 
     @property
@@ -754,7 +760,8 @@ class Lock:
     :param path: a dotted path (``"section"`` or below).
     :param expire_timeout: seconds after which the lock frees itself if not extended.
     :param acquire_timeout: seconds :meth:`acquire` waits before raising ``LockTimeout``.
-    :param sleep: the longest pause between two attempts while waiting.
+    :param sleep: the longest pause between two attempts while waiting (at most 0.1 s
+        is spent blocked at a time); a release in the same section ends a pause early.
     """
 
     def __init__(
@@ -838,11 +845,18 @@ class Lock:
                     lock_name=self.path,
                 )
             # Back off exponentially (with jitter) up to `sleep`, never past the deadline
-            # nor past the moment the blocking lock would expire.
+            # nor past the moment the blocking lock would expire; a release in the section
+            # ends the wait early.
             pause = min(pause * 2, self.sleep)
-            mod_time.sleep(
-                min(left, max(0.001, int(value) / 1000), pause * random.uniform(0.5, 1))
-            )
+            self._wait(min(left, max(0.001, int(value) / 1000), pause * random.uniform(0.5, 1)))
+
+    def _wait(self, seconds: float) -> None:
+        # BLPOP on the section's wake-up list instead of sleeping: the releaser's script
+        # pushes to it. Capped well below the clients' socket timeout.
+        try:
+            self._binding.client.blpop([self._keys()[3]], timeout=max(0.001, min(seconds, 0.1)))
+        except redis.ResponseError:  # e.g. BLPOP denied by an ACL: plain sleep instead
+            mod_time.sleep(seconds)
 
     def release(self) -> None:
         """Release once. Raises :class:`~pyramid_transient.exceptions.LockNotOwned` if this
