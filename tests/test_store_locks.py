@@ -339,3 +339,12 @@ def test_extend_with_replace_ttl_sets_the_time_left(client: Any) -> None:
     held.extend(0.05, replace_ttl=True)
     time.sleep(0.08)
     assert not held.owned()
+
+
+def test_memory_backend_lock_excludes_and_times_out(transient_memory: RedisManager) -> None:
+    held = section("s", redis=transient_memory).get("a")
+    with held:
+        error = other_owner(
+            lambda: section("s", redis=transient_memory, lock_acquire_timeout=0.05).acquire()
+        )
+    assert isinstance(error, LockTimeout)
