@@ -665,6 +665,30 @@ def test_a_module_level_safe_without_a_running_app_says_how_to_bind_it() -> None
         MODULE_SAFE.get("a")
 
 
+def test_a_safe_bound_to_a_registry_uses_that_apps_manager(
+    transient_settings: dict[str, Any],
+) -> None:
+    config = Configurator(settings=transient_settings)
+    config.include("pyramid_transient.safe")
+    safe = get_safe("tests.registry", config.registry)
+    safe["a"] = 1
+    manager = get_manager(config.registry)
+    stored = manager.get("safe").hget(safe.key, "a")
+    manager.close()
+    assert stored == b"1"
+
+
+@pytest.mark.parametrize("bad", [-1, True, "1"])
+def test_a_bad_wait_replicas_argument_is_refused(bad: Any) -> None:
+    with pytest.raises(ValueError, match="wait_replicas must be an integer of at least 0"):
+        get_safe("tests.bad", wait_replicas=bad)
+
+
+def test_deleting_a_missing_key_in_an_atomic_block_raises_keyerror(safe: Safe) -> None:
+    with pytest.raises(KeyError), safe.atomic() as s:
+        del s["missing"]
+
+
 def test_a_safe_on_a_bare_client_uses_unprefixed_keys(transient_redis: redis.Redis) -> None:
     bare = get_safe("tests.bare", transient_redis)
     bare["a"] = 1
