@@ -195,3 +195,19 @@ def test_include_does_not_connect() -> None:
     )
     config.include("pyramid_transient")
     config.commit()
+
+
+def test_password_setting_with_url_is_refused_without_echoing_it() -> None:
+    err = error_for({"transient.url": "redis://h", "transient.password": "hunter2"})
+    assert "put them in the URL" in str(err) and "hunter2" not in str(err)
+
+
+def test_password_for_sentinel_data_servers() -> None:
+    parsed = parse_settings(
+        {
+            "transient.sentinel.service": "m",
+            "transient.sentinel.nodes": "h:26379",
+            "transient.password": "0123",
+        }
+    )
+    assert parsed.password == "0123"

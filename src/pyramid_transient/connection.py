@@ -297,6 +297,10 @@ class RedisManager:
             "retry": _NO_RETRY,
         }
 
+    def _auth_kwargs(self) -> dict[str, Any]:
+        s = self.settings
+        return {"username": s.username, "password": s.password} if s.password else {}
+
     def _ssl_kwargs(self) -> dict[str, Any]:
         s = self.settings
         return {
@@ -320,6 +324,7 @@ class RedisManager:
                 db=db,
                 max_connections=s.max_connections,
                 **self._common_kwargs(),
+                **self._auth_kwargs(),
             )
         elif mode == "memory":
             from fakeredis import FakeRedisConnection
@@ -365,7 +370,7 @@ class RedisManager:
     def _make_cluster(self) -> TransientRedisCluster:
         if self._cluster is None:
             s = self.settings
-            kwargs = self._common_kwargs()
+            kwargs = {**self._common_kwargs(), **self._auth_kwargs()}
             # RedisCluster refuses a per-node ``retry`` (its nodes never retry); its own
             # ``retry`` governs re-sending a command after a connection error or timeout.
             kwargs.pop("retry")
@@ -390,8 +395,10 @@ class RedisManager:
         """A URL with the database of ``name``, for tools such as Celery's broker setting.
 
         The URL carries the password, as such tools need it; :func:`redact_url` it before
-        logging. On Sentinel the URL uses the ``sentinel://`` form Kombu understands; a
-        Cluster has no single URL and raises :class:`ConfigurationError`.
+        logging. On Sentinel the URL uses the ``sentinel://`` form Kombu understands, with
+        ``transient.password`` (the master's); give Kombu ``transient.sentinel.password`` in
+        its ``sentinel_kwargs`` transport option. A Cluster has no single URL and raises
+        :class:`ConfigurationError`.
         """
         db = self.db_number(name)
         s = self.settings
@@ -402,7 +409,12 @@ class RedisManager:
                 value=s.cluster_nodes,
             )
         if self.mode == "sentinel":
-            auth = f":{urlquote(s.sentinel_password, safe='')}@" if s.sentinel_password else ""
+            # Kombu reads the password of a sentinel:// URL as the *master's*; the
+            # sentinels' own password goes in its transport options (sentinel_kwargs).
+            auth = ""
+            if s.password:
+                user = urlquote(s.username or "", safe="")
+                auth = f"{user}:{urlquote(s.password, safe='')}@"
             return ";".join(f"sentinel://{auth}{h}:{p}/{db}" for h, p in s.sentinel_nodes)
         parts = urlsplit(s.url)
         if parts.scheme == "memory":

@@ -107,6 +107,10 @@ class TransientSettings:
     sentinel_nodes: tuple[Node, ...] = ()
     sentinel_password: str | None = None
     cluster_nodes: tuple[Node, ...] = ()
+    #: ACL user and password of the data servers under Sentinel or Cluster (with
+    #: ``transient.url`` they belong in the URL).
+    username: str | None = None
+    password: str | None = None
     #: Namespace put in front of every key we write; empty for none.
     key_prefix: str = ""
     #: ``transient.db.<name>`` mappings; ``default`` is always present.
@@ -314,6 +318,8 @@ SETTINGS: dict[str, Setting] = {
         _row("sentinel.nodes", nodes),
         _row("sentinel.password", optional_string),
         _row("cluster.nodes", nodes),
+        _row("username", optional_string),
+        _row("password", optional_string),
         _row("key_prefix", key_prefix),
         _row("max_connections", integer(1)),
         _row("socket_timeout", number(0, allow_zero=False)),
@@ -441,6 +447,13 @@ def _check_consistency(raw: Mapping[str, Any], parsed: TransientSettings) -> Non
             "master is found through transient.sentinel.nodes, so remove transient.url",
             key="transient.url",
             value=raw.get("transient.url"),
+        )
+    if given_url and (parsed.password or parsed.username):
+        raise ConfigurationError(
+            "transient.username and transient.password are for Sentinel and Cluster; with "
+            "transient.url put them in the URL (redis://user:password@host:port)",
+            key="transient.password" if parsed.password else "transient.username",
+            value="***",
         )
     if parsed.sentinel_service and not parsed.sentinel_nodes:
         raise ConfigurationError(

@@ -115,11 +115,14 @@ def test_url_for_lists_every_sentinel_with_the_database(
         assert int(port) == transient_sentinel.master_port
 
 
-def test_url_for_quotes_the_sentinel_password(transient_sentinel: SentinelGroup) -> None:
+def test_url_for_carries_the_masters_password_quoted(transient_sentinel: SentinelGroup) -> None:
     manager = RedisManager.from_settings(
-        transient_sentinel.settings(**{"transient.sentinel.password": "p@ss:w/rd"})
+        transient_sentinel.settings(
+            **{"transient.password": "p@ss:w/rd", "transient.sentinel.password": "other"}
+        )
     )
     url = manager.url_for("default")
     assert url.startswith("sentinel://:p%40ss%3Aw%2Frd@127.0.0.1:")
     assert urlsplit(url.split(";")[0]).password == "p%40ss%3Aw%2Frd"
+    assert "other" not in url
     assert "p@ss" not in repr(manager)
