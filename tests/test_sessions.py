@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fractions
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ from zope.interface.verify import verifyObject
 from pyramid_transient.connection import RedisManager, get_manager
 from pyramid_transient.exceptions import ConfigurationError, SessionTooLarge
 from pyramid_transient.sessions import (
+    LEGACY_KEYS,
+    SESSION_SETTINGS,
     TransientSession,
     parse_session_settings,
     rotate_session,
@@ -499,3 +502,9 @@ def test_sessions_work_through_sentinel(transient_sentinel_settings: dict[str, A
     app = build({**transient_sentinel_settings, **SECRET}, BASIC)
     app.get("/set", {"v": "watched"})
     assert app.get("/get").json == {"value": "watched", "new": False}
+
+
+@pytest.mark.parametrize("name", [*SESSION_SETTINGS, *LEGACY_KEYS])
+def test_every_session_setting_is_in_the_settings_reference(name: str) -> None:
+    reference = (Path(__file__).resolve().parent.parent / "docs" / "settings.rst").read_text()
+    assert f"``redis.sessions.{name}``" in reference
