@@ -368,6 +368,13 @@ def test_decimal_bounds_are_exact_despite_float_scores(m: SimpleNamespace) -> No
     assert ids(m.User.filter(score=Decimal("0.1"))) == [2]
 
 
+def test_int_beyond_float_range_is_indexed(m: SimpleNamespace) -> None:
+    m.User(id=1, name="big", age=10**400).save()
+    m.User(id=2, name="small", age=-(10**400)).save()
+    assert ids(m.User.filter(age__gt=5)) == [1]
+    assert ids(m.User.filter(age__lt=5)) == [2]
+
+
 def test_text_index_handles_control_characters(m: SimpleNamespace) -> None:
     m.User(id=1, name="a\x00b").save()
     m.User(id=2, name="a\x01").save()
@@ -590,6 +597,18 @@ def test_class_keys_vanish_once_every_object_expired(
     m.Temp(id=1, n=1).save(expire=0.03)
     time.sleep(0.06)
     assert list(transient_manager.get("models").scan_iter()) == []  # SCAN skips expired keys
+
+
+def test_class_key_emptied_by_a_clean_up_and_refilled_still_expires(
+    m: SimpleNamespace, transient_manager: Any
+) -> None:
+    m.User(id=1, name="a", age=1).save(expire=0.03)  # the only object with an age
+    m.User(id=2, name="b").save(expire=30)
+    time.sleep(0.05)
+    m.User(id=3, name="c", age=3).save(expire=0.03)  # cleans 1 up: idx:age empties, refills
+    time.sleep(0.05)
+    ks = transient_manager.keyspace("model", "models")
+    assert transient_manager.get("models").exists(ks.tagged("User", "idx", "age")) == 0
 
 
 def test_no_expiry_keeps_objects(m: SimpleNamespace, transient_manager: Any) -> None:

@@ -151,8 +151,6 @@ end
 _SAVE = (
     _PRELUDE
     + """
-local existed = {}
-for i = 1, 3 + nidx do existed[i] = redis.call('EXISTS', KEYS[i]) == 1 end
 local limit = tonumber(ARGV[base + 4])
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
 for _, old in ipairs(stale) do drop(old) end
@@ -164,6 +162,9 @@ if deadline then
 end
 if ARGV[base + 3] ~= '' and tonumber(ARGV[base + 3]) ~= current then return {0, current} end
 unindex(pk)
+-- after the clean-ups, which may have emptied (so deleted) keys that are now recreated
+local existed = {}
+for i = 1, 3 + nidx do existed[i] = redis.call('EXISTS', KEYS[i]) == 1 end
 local version = redis.call('HINCRBY', KEYS[2], '\\0seq', 1)
 local parts = {version, '|'}
 for i = base + 5, #ARGV, 3 do
@@ -415,7 +416,10 @@ def _score(value: Any) -> float | None:
         return float(value.timestamp())
     if isinstance(value, dt.date):
         return float(value.toordinal())
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range sorts at its end
+        return float("inf") if value > 0 else float("-inf")
     return None if number != number else number  # NaN cannot be a score
 
 
@@ -480,8 +484,14 @@ class _Keys:
 
 @dataclass(frozen=True)
 class _Binding:
+    #: A bare client, or None to ask ``manager`` on each use (it replaces its clients in a
+    #: forked child, which must not share its parent's sockets).
     client: Any
     keyspace: KeySpace
+    manager: RedisManager | None = None
+
+    def get_client(self) -> Any:
+        return self.manager.get(DATABASE) if self.manager is not None else self.client
 
 
 _bindings: weakref.WeakKeyDictionary[type, _Binding] = weakref.WeakKeyDictionary()
@@ -778,7 +788,7 @@ class RedisModel(BaseModel):
         without a prefix (``model:...``).
         """
         if isinstance(target, RedisManager):
-            binding = _Binding(target.get(DATABASE), target.keyspace(CAPABILITY, DATABASE))
+            binding = _Binding(None, target.keyspace(CAPABILITY, DATABASE), target)
         else:
             binding = _Binding(target, KeySpace("", CAPABILITY))
         _bindings[cls] = binding
@@ -797,7 +807,7 @@ class RedisModel(BaseModel):
                 break
         if binding is None:
             manager = current_manager()
-            binding = _Binding(manager.get(DATABASE), manager.keyspace(CAPABILITY, DATABASE))
+            binding = _Binding(None, manager.keyspace(CAPABILITY, DATABASE), manager)
         meta = cls.__transient_meta__
         ks, tag = binding.keyspace, meta.storage_name
         names = meta.names.get(ks)
@@ -808,7 +818,7 @@ class RedisModel(BaseModel):
                 ks.tagged(tag, "data"),
                 tuple(ks.tagged(tag, "idx", i.field) for i in meta.indexes),
             )
-        return _Keys(binding.client, *names, keyspace=ks, tag=tag)
+        return _Keys(binding.get_client(), *names, keyspace=ks, tag=tag)
 
     @classmethod
     def _run(cls, keys: _Keys, name: str, data_key: str, extra_keys: Sequence[str],
@@ -955,10 +965,11 @@ class RedisModel(BaseModel):
 
     set = save
 
-    def delete(self, *, if_unmodified: bool | None = None, on_commit: bool = False) -> bool:
+    def delete(self, *, if_unmodified: bool | None = None, on_commit: bool = False) -> bool | None:
         """Delete the object (one round trip); return whether it existed.
 
-        ``if_unmodified`` and ``on_commit`` as for :meth:`save`.
+        ``if_unmodified`` and ``on_commit`` as for :meth:`save`; a deferred delete returns
+        None (the outcome is known only at the commit).
         """
         cls = type(self)
         meta = cls.__transient_meta__
@@ -981,7 +992,7 @@ class RedisModel(BaseModel):
 
         if on_commit:
             _defer(f"delete of {cls.__name__} {pk!r}", remove)
-            return True
+            return None
         remove()
         return result[0]
 
