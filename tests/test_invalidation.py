@@ -18,6 +18,7 @@ import transaction
 import zope.sqlalchemy
 from hypothesis import given
 from hypothesis import strategies as st
+from pyramid import testing as pyramid_testing
 from sqlalchemy import (
     Column,
     ForeignKey,
@@ -42,7 +43,7 @@ from sqlalchemy.orm import (
 )
 
 from pyramid_transient import invalidation
-from pyramid_transient.connection import RedisManager
+from pyramid_transient.connection import RedisManager, get_manager
 from pyramid_transient.invalidation import (
     Identity,
     get_token,
@@ -464,6 +465,24 @@ def test_registering_again_replaces_the_listener(
         assert rt.count == 1
     finally:
         listener.remove()
+
+
+def test_without_a_client_the_running_apps_manager_is_used(
+    factory: Any, items: list[Item], transient_settings: dict[str, Any]
+) -> None:
+    config = pyramid_testing.setUp(settings=transient_settings)
+    listener = register(factory)  # resolved at commit time, from the current registry
+    try:
+        config.include("pyramid_transient.cache")
+        manager = get_manager(config.registry)
+        before = get_token(manager, items[0])
+        with factory() as session:
+            session.get(Item, 1).name = "app"
+            session.commit()
+        assert get_token(manager, items[0]) != before
+    finally:
+        listener.remove()
+        pyramid_testing.tearDown()
 
 
 def test_hooks_bound_to_a_scoped_session_invalidate(
