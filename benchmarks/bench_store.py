@@ -25,7 +25,7 @@ from _runner import compare, redis_url
 from pyramid_transient.store import Lock, section
 
 DB = 12
-SECONDS = 0.45
+SECONDS = 0.3
 
 
 def subtree(leaves: int) -> dict[str, Any]:
