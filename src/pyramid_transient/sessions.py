@@ -413,6 +413,7 @@ class TransientSession(RedisSession):
             raise InvalidSession_Lazycreate("`session_id` is LazyCreateSession")
         factory = self._factory
         key = factory.key(sid)
+        shown = factory.redact(key)
         try:
             if factory.refresh_on_load:
                 raw = self.redis.getex(key, ex=self._timeout)
@@ -421,18 +422,18 @@ class TransientSession(RedisSession):
                 raw = self.redis.get(key)
         except redis.RedisError as exc:
             raise SessionUnavailable(
-                f"the session store is unreachable while loading session key {key!r}: {exc}"
+                f"the session store is unreachable while loading session key {shown!r}: {exc}"
             ) from exc
         if raw is None:
-            raise InvalidSession_NotInBackend(f"session key {key!r} is not in Redis")
+            raise InvalidSession_NotInBackend(f"session key {shown!r} is not in Redis")
         if isinstance(raw, str):  # a client_callable's client may decode responses
             raw = raw.encode("utf-8", "surrogateescape")
         payload = factory.unseal(key, raw)
         try:
             data = _check_shape(self.deserialize(payload))
         except Exception as exc:
-            log.warning("session key %r holds a payload that does not decode (%s)", key, exc)
-            raise InvalidSession_DeserializationError(f"session key {key!r} is corrupt") from exc
+            log.warning("session key %r holds a payload that does not decode (%s)", shown, exc)
+            raise InvalidSession_DeserializationError(f"session key {shown!r} is corrupt") from exc
         if persisted_hash is True:
             return (data, hashed_value(payload))
         if persisted_hash is False:
@@ -804,6 +805,11 @@ class TransientSessionFactory:
         """The Redis key of ``session_id``: ``{key_prefix}:session:{id}``."""
         return self.keyspace.key(quote(str(session_id)))
 
+    def redact(self, key: str) -> str:
+        """``key`` with most of its session id hidden, for logs and error messages."""
+        base = len(self.keyspace.base) + 1
+        return key[: base + 6] + "..." if len(key) > base + 6 else key
+
     def generate_id(self) -> str:
         """A new session id (48 random bytes by default); nothing is written yet."""
         return self._id_prefix + self._id_generator()
@@ -831,9 +837,11 @@ class TransientSessionFactory:
                 "session key %r holds a payload that fails HMAC verification (written by "
                 "something without the session secret, or for another key); starting a "
                 "fresh session",
-                key,
+                self.redact(key),
             )
-            raise InvalidSession_DeserializationError(f"session key {key!r} failed verification")
+            raise InvalidSession_DeserializationError(
+                f"session key {self.redact(key)!r} failed verification"
+            )
         return payload
 
     def client(self, request: Any) -> redis.Redis:
