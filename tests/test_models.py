@@ -762,8 +762,10 @@ def test_bare_client_binding_writes_unprefixed_keys(transient_redis: Any) -> Non
     assert Plain.get(1).id == 1
 
 
-def test_memory_backend_runs_the_same_scripts(transient_memory: RedisManager) -> None:
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_memory_backend_runs_the_same_scripts(transient_memory: RedisManager, layout: str) -> None:
     class Mem(RedisModel):
+        __layout__ = layout
         __indexes__ = ("n", "s")
         id: int
         n: int
@@ -772,7 +774,10 @@ def test_memory_backend_runs_the_same_scripts(transient_memory: RedisManager) ->
     Mem.bind(transient_memory)
     Mem(id=1, n=1, s="a").save()
     Mem(id=2, n=2, s="b").save()
+    Mem(id=3, n=3, s="c").save(expire=0.02)
+    time.sleep(0.04)
     assert [x.id for x in Mem.filter(n__gte=2)] == [2]
     assert [x.id for x in Mem.filter(s="a")] == [1]
     assert sorted(x.id for x in Mem.all()) == [1, 2]
+    assert Mem.get(1).save(if_unmodified=True).n == 1
     assert Mem.delete_all() == 2
