@@ -11,7 +11,7 @@ import pytest
 import redis
 import webtest
 from pyramid.config import Configurator
-from pyramid.interfaces import ISession
+from pyramid.interfaces import ISession, ISessionFactory
 from pyramid_retry import RetryableException
 from zope.interface.verify import verifyObject
 
@@ -508,3 +508,16 @@ def test_sessions_work_through_sentinel(transient_sentinel_settings: dict[str, A
 def test_every_session_setting_is_in_the_settings_reference(name: str) -> None:
     reference = (Path(__file__).resolve().parent.parent / "docs" / "settings.rst").read_text()
     assert f"``redis.sessions.{name}``" in reference
+
+
+def test_verified_payload_of_the_wrong_shape_gives_a_fresh_session(
+    settings: dict[str, Any], transient_manager: RedisManager
+) -> None:
+    app = build(settings, BASIC)
+    app.get("/set", {"v": "real"})
+    (key,) = keys(transient_manager)
+    factory = app.app.registry.queryUtility(ISessionFactory)
+    transient_manager.get("sessions").set(
+        key, factory.seal(key.decode(), b'["not", "a", "session"]')
+    )
+    assert app.get("/get").json == {"value": None, "new": True}
