@@ -521,3 +521,29 @@ def test_verified_payload_of_the_wrong_shape_gives_a_fresh_session(
         key, factory.seal(key.decode(), b'["not", "a", "session"]')
     )
     assert app.get("/get").json == {"value": None, "new": True}
+
+
+def test_session_changed_by_a_new_response_subscriber_is_saved(settings: dict[str, Any]) -> None:
+    from pyramid.events import NewResponse
+
+    def stamp(event: Any) -> None:
+        if event.request.path == "/stamp":
+            event.request.session["stamped"] = True
+
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_transient.sessions")
+        config.add_subscriber(stamp, NewResponse)
+        config.add_route("set", "/set")
+        config.add_view(set_value, route_name="set", renderer="json")
+        config.add_route("stamp", "/stamp")
+        config.add_view(lambda request: {}, route_name="stamp", renderer="json")
+        config.add_route("get", "/get")
+        config.add_view(
+            lambda request: {"stamped": request.session.get("stamped")},
+            route_name="get",
+            renderer="json",
+        )
+        app = webtest.TestApp(config.make_wsgi_app())
+    app.get("/set")
+    app.get("/stamp")
+    assert app.get("/get").json == {"stamped": True}

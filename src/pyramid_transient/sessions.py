@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import logging
 import pickle
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -600,9 +601,13 @@ class TransientSession(RedisSession):
 
     def _deferred_callback(self, request: Any) -> None:
         """Finished callback: save once, if the request produced a response to keep."""
-        if not self._responded:
+        if not self._responded and sys.exc_info()[0] is not None:
+            # Finished callbacks run in the router's ``finally``: an exception is on its
+            # way out and no response was produced (a retried attempt, an unhandled error).
             log.debug("session not saved: the request produced no response")
             return
+        # (Not responded and no exception: the session was first touched after the response
+        # callbacks, e.g. by a NewResponse subscriber; save it like any other.)
         exc = getattr(request, "exception", None)
         if exc is not None and _will_retry(request, exc):
             log.debug("session not saved: the attempt will be retried (%r)", exc)
