@@ -155,6 +155,7 @@ def test_keyspace_of_unknown_name_is_an_error(transient_manager: RedisManager) -
         (("EVALSHA", "abc", 0), False),
         (("DEL", "k"), False),
         (("HGETALL", "k"), True),
+        (("GETEX", "k", "EX", 60), True),
     ],
 )
 def test_only_idempotent_commands_are_retried(args: tuple[object, ...], idempotent: bool) -> None:
@@ -175,3 +176,15 @@ def test_timeouts_come_from_settings(transient_settings: dict[str, str]) -> None
     assert kwargs["socket_timeout"] == 0.3
     assert kwargs["socket_connect_timeout"] == 0.2
     assert kwargs["retry"].get_retries() == 0
+
+
+def test_round_trip_counter_ignores_the_handshake_of_a_new_connection(
+    transient_redis_url: str, round_trips
+) -> None:
+    client = redis.Redis.from_url(transient_redis_url, db=13)  # not connected yet
+    try:
+        with round_trips() as rt:
+            client.set("a", 1)
+        assert rt.commands == ["SET"]
+    finally:
+        client.close()

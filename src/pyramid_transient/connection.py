@@ -54,7 +54,8 @@ __all__ = [
 #: Commands that :class:`TransientRedis` may send again after a connection error.
 IDEMPOTENT_COMMANDS = frozenset(
     {
-        "GET", "MGET", "GETRANGE", "STRLEN", "EXISTS", "TYPE", "TTL", "PTTL",
+        # GETEX only resets the expiry it is given: sent twice, same state and reply
+        "GET", "GETEX", "MGET", "GETRANGE", "STRLEN", "EXISTS", "TYPE", "TTL", "PTTL",
         "HGET", "HMGET", "HGETALL", "HKEYS", "HVALS", "HLEN", "HEXISTS", "HSTRLEN",
         "SMEMBERS", "SISMEMBER", "SMISMEMBER", "SCARD",
         "ZRANGE", "ZRANGEBYSCORE", "ZREVRANGE", "ZREVRANGEBYSCORE", "ZSCORE", "ZMSCORE",

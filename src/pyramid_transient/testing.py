@@ -195,7 +195,7 @@ class RoundTripCounter:
     _lock = threading.Lock()
     _active: ClassVar[list[RoundTripCounter]] = []
     _original: ClassVar[Callable[..., Any] | None] = None
-    _original_connect: ClassVar[Callable[..., Any] | None] = None
+    _original_handshakes: ClassVar[dict[str, Callable[..., Any]]] = {}
     _handshake = threading.local()
 
     def __init__(self) -> None:
@@ -229,12 +229,18 @@ class RoundTripCounter:
         self.count = 0
         self.commands = []
 
+    # The methods that perform a new connection's handshake, in redis-py 5 to 8.
+    _HANDSHAKES = ("on_connect", "on_connect_check_health")
+
     @classmethod
     def _install(cls) -> None:
         original_send: Callable[..., Any] = AbstractConnection.send_packed_command
-        original_connect: Callable[..., Any] = AbstractConnection.on_connect
         cls._original = original_send
-        cls._original_connect = original_connect
+        cls._original_handshakes = {
+            name: vars(AbstractConnection)[name]
+            for name in cls._HANDSHAKES
+            if name in vars(AbstractConnection)
+        }
         handshake = cls._handshake
 
         def send_packed_command(self: Any, command: Any, check_health: bool = True) -> Any:
@@ -245,21 +251,27 @@ class RoundTripCounter:
                     counter.commands.append(names)
             return original_send(self, command, check_health)
 
-        def on_connect(self: Any) -> Any:
-            handshake.on = True
-            try:
-                return original_connect(self)
-            finally:
-                handshake.on = False
+        def quiet(original: Callable[..., Any]) -> Callable[..., Any]:
+            def during_handshake(self: Any, *args: Any, **kwargs: Any) -> Any:
+                outer = getattr(handshake, "on", False)
+                handshake.on = True
+                try:
+                    return original(self, *args, **kwargs)
+                finally:
+                    handshake.on = outer
+
+            return during_handshake
 
         AbstractConnection.send_packed_command = send_packed_command  # type: ignore[method-assign]
-        AbstractConnection.on_connect = on_connect  # type: ignore[method-assign]
+        for name, original in cls._original_handshakes.items():
+            setattr(AbstractConnection, name, quiet(original))
 
     @classmethod
     def _uninstall(cls) -> None:
         if cls._original is not None:
             AbstractConnection.send_packed_command = cls._original  # type: ignore[method-assign]
-            AbstractConnection.on_connect = cls._original_connect  # type: ignore[method-assign,assignment]
+            for name, original in cls._original_handshakes.items():
+                setattr(AbstractConnection, name, original)
             cls._original = None
 
 
