@@ -33,7 +33,7 @@ def test_bind_to_a_registry_uses_its_apps_manager(transient_settings: dict[str, 
 
 
 def test_bind_without_a_running_app_says_what_to_do() -> None:
-    with pytest.raises(ConfigurationError, match="config.include"):
+    with pytest.raises(ConfigurationError, match=r"config\.include"):
         bind(None, "store")
 
 
