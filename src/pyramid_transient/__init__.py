@@ -7,7 +7,7 @@ safes). Every capability also works without Pyramid, given a ``redis.Redis``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .codec import decode, encode
 from .connection import RedisManager, get_manager, get_redis
@@ -27,6 +27,7 @@ from .exceptions import (
 from .settings import TransientSettings, parse_settings
 
 __all__ = [
+    "CacheKeyGenerator",
     "CodecError",
     "ConfigurationError",
     "ConflictError",
@@ -35,18 +36,62 @@ __all__ = [
     "LockTimeout",
     "MultipleFound",
     "NotFound",
+    "Proxy",
     "RedisManager",
+    "RedisModel",
     "SessionTooLarge",
     "TransientError",
     "TransientSettings",
     "UnknownDatabase",
     "decode",
     "encode",
+    "flash",
     "get_manager",
     "get_redis",
+    "get_region",
+    "get_safe",
+    "get_store",
     "includeme",
     "parse_settings",
+    "peek_messages",
+    "pop_messages",
+    "register",
 ]
+
+# The capabilities' main names, importable from the package itself without importing
+# pydantic, dogpile.cache or SQLAlchemy when a module needs none of them.
+_LAZY = {
+    "CacheKeyGenerator": "pyramid_transient.cache",
+    "get_region": "pyramid_transient.cache",
+    "register": "pyramid_transient.invalidation",
+    "flash": "pyramid_transient.messages",
+    "pop_messages": "pyramid_transient.messages",
+    "peek_messages": "pyramid_transient.messages",
+    "RedisModel": "pyramid_transient.models",
+    "get_safe": "pyramid_transient.safe",
+    "Proxy": "pyramid_transient.store",
+    "get_store": "pyramid_transient.store",
+}
+
+if TYPE_CHECKING:
+    from .cache import CacheKeyGenerator, get_region
+    from .invalidation import register
+    from .messages import flash, peek_messages, pop_messages
+    from .models import RedisModel
+    from .safe import get_safe
+    from .store import Proxy, get_store
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyramid_transient' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 #: The capabilities ``config.include("pyramid_transient")`` includes, each its own include.
 CAPABILITIES = (
