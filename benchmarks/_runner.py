@@ -40,7 +40,7 @@ class Result:
 
 def measure(fn: Callable[[], object], *, seconds: float = 0.5, repeat: int = 5) -> float:
     """Operations per second of ``fn``: the median of ``repeat`` timed runs."""
-    for _ in range(20):  # warm up connections and caches
+    for _ in range(5):  # warm up connections and caches
         fn()
     rates = []
     for _ in range(repeat):
@@ -64,16 +64,20 @@ def round_trips_of(fn: Callable[[], object]) -> float:
     return float(rt.count)
 
 
-def compare(title: str, cases: dict[str, Callable[[], object]], *, seconds: float = 1.0) -> str:
-    """Measure every case, interleaved over several rounds; return a markdown table.
+def compare(
+    title: str, cases: dict[str, Callable[[], object]], *, seconds: float = 1.0, rounds: int = 9
+) -> str:
+    """Measure every case, interleaved over ``rounds`` rounds; return a markdown table.
 
-    The first case is the baseline (ratio 1.00).
+    The first case is the baseline (ratio 1.00). Interleaving in short slices and taking
+    the median of each case keeps the ratios fair on a machine whose load changes while
+    the benchmark runs: every case sees the same mix of quiet and busy moments.
     """
     names = list(cases)
     rates: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(3):
+    for _ in range(rounds):
         for n in names:
-            rates[n].append(measure(cases[n], seconds=seconds / 3))
+            rates[n].append(measure(cases[n], seconds=seconds / rounds, repeat=1))
     results = [Result(n, statistics.median(rates[n]), round_trips_of(cases[n])) for n in names]
     base = results[0].ops_per_sec
     lines = [
