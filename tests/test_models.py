@@ -781,3 +781,45 @@ def test_memory_backend_runs_the_same_scripts(transient_memory: RedisManager, la
     assert sorted(x.id for x in Mem.all()) == [1, 2]
     assert Mem.get(1).save(if_unmodified=True).n == 1
     assert Mem.delete_all() == 2
+
+
+# ------------------------------------------------------------------ edge values
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_nan_float_is_found_by_an_indexed_isnull_false(
+    transient_manager: RedisManager, layout: str
+) -> None:
+    class Measure(RedisModel):
+        __layout__ = layout
+        __indexes__ = ("value",)
+        id: int
+        value: float | None = None
+
+    Measure.bind(transient_manager)
+    Measure(id=1, value=float("nan")).save()
+    Measure(id=2, value=1.5).save()
+    Measure(id=3).save()
+    assert ids(Measure.filter(value__isnull=False)) == [1, 2]
+    assert ids(Measure.filter(value__gte=1)) == [2]
+    assert ids(Measure.filter(value__lt=1)) == []
+
+
+@pytest.mark.parametrize(
+    ("lookups", "expected"),
+    [
+        ({"age__in": [None, 25]}, [2]),
+        ({"age__lt": None}, []),
+        ({"age__gte": None}, []),
+        ({"born__gt": None}, []),
+        ({"role__in": [None, "admin"]}, [1, 4]),
+        ({"name__startswith": None}, []),
+        ({"name__gt": None}, []),
+    ],
+    ids=str,
+)
+def test_none_in_an_indexed_lookup_matches_nothing_not_a_crash(
+    people: SimpleNamespace, lookups: dict[str, Any], expected: list[int]
+) -> None:
+    # as for an unindexed field: None is matched only by field=None and field__isnull=True
+    assert ids(people.User.filter(**lookups)) == expected

@@ -553,6 +553,10 @@ class _Cond:
             return None
         if op == "isnull":
             return None if value else ([("-inf", "+inf")] if kind == "score" else [("-", "+")])
+        if op == "in":  # None is in no index, and test() matches it with nothing
+            value = [v for v in value if v is not None]
+        elif value is None:  # a comparison with None: test() matches nothing
+            return [] if op in ("lt", "lte", "gt", "gte", "startswith") else None
         if kind == "score":
             if op in ("eq", "in"):
                 scores = (_score(v) for v in (value if op == "in" else [value]))
@@ -895,9 +899,10 @@ class RedisModel(BaseModel):
             if value is None:
                 continue
             if idx.kind == "score":
+                # NaN has no place in an order: it is indexed at +inf, so that isnull=False
+                # finds it, and every comparison with it is false once the object is loaded.
                 score = _score(value)
-                if score is not None:
-                    args += [idx.field, pk, _score_text(score)]
+                args += [idx.field, pk, _score_text(float("inf") if score is None else score)]
             else:
                 args += [idx.field, _lex(value) + b"\x00" + pk.encode(), 0]
         return args
