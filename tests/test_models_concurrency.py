@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -126,6 +127,26 @@ def test_optimistic_class_may_skip_the_check(m: SimpleNamespace) -> None:
     mine.value = 3
     mine.save(if_unmodified=False)
     assert m.Guarded.get(1).value == 3
+
+
+def test_versions_are_not_reused_after_the_class_was_cleared(m: SimpleNamespace) -> None:
+    m.Account(id=1, owner="ann").save()
+    mine = m.Account.get(1)
+    m.Account.delete_all()  # the class's keys, version counter included, are gone
+    m.Account(id=1, owner="bob").save()  # someone else creates it anew
+    mine.balance = 10
+    with pytest.raises(ConflictError):
+        mine.save(if_unmodified=True)
+    assert m.Account.get(1).owner == "bob"
+
+
+def test_versions_are_not_reused_after_every_object_expired(m: SimpleNamespace) -> None:
+    m.Account(id=1, owner="ann").save(expire=0.03)
+    mine = m.Account.get(1)
+    time.sleep(0.06)  # every key of the class expires with its last object
+    m.Account(id=1, owner="bob").save()
+    with pytest.raises(ConflictError):
+        mine.save(if_unmodified=True)
 
 
 def test_filtered_objects_carry_their_version(m: SimpleNamespace) -> None:

@@ -166,7 +166,13 @@ unindex(pk)
 local existed = {}
 for i = 1, 3 + nidx do existed[i] = redis.call('EXISTS', KEYS[i]) == 1 end
 local version = redis.call('HINCRBY', KEYS[2], '\\0seq', 1)
-local parts = {version, '|'}
+if version == 1 then
+  -- A new counter: the class's keys were deleted or expired. Start it at the server time in
+  -- microseconds, above every version handed out before, so that none is ever reused.
+  version = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+  redis.call('HSET', KEYS[2], '\\0seq', string.format('%d', version))
+end
+local parts = {string.format('%d', version), '|'}
 for i = base + 5, #ARGV, 3 do
   local field, member = ARGV[i], ARGV[i + 1]
   redis.call('ZADD', index[field], ARGV[i + 2], member)
