@@ -236,6 +236,40 @@ def test_conflict_at_commit_is_logged_not_raised(
 # ------------------------------------------------------------------ Pyramid
 
 
+def test_on_commit_joins_pyramid_tms_transaction_of_the_request(
+    transient_settings: dict[str, Any],
+) -> None:
+    import webtest
+    from pyramid.config import Configurator
+    from pyramid.response import Response
+
+    class Tracked(RedisModel):
+        id: int
+
+    own = transaction.TransactionManager()  # tm.manager_hook: not the thread's default one
+
+    def view(request: Any) -> Response:
+        Tracked(id=1).save(on_commit=True)
+        return Response("saved")
+
+    settings = {**transient_settings, "tm.manager_hook": lambda request: own}
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_tm")
+        config.include("pyramid_transient.models")
+        config.add_route("save", "/save")
+        config.add_view(view, route_name="save")
+        app = config.make_wsgi_app()
+    manager = get_manager(app.registry)
+    try:
+        webtest.TestApp(app).get("/save")
+        Tracked.bind(manager)
+        assert Tracked.get(1).id == 1
+    finally:
+        transaction.abort()
+        Tracked.delete_all()
+        manager.close()
+
+
 def test_unbound_model_uses_the_apps_models_database(transient_settings: dict[str, Any]) -> None:
     class Seen(RedisModel):
         id: int

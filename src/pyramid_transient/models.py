@@ -64,6 +64,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, TypeAdapter, Validation
 from .connection import RedisManager, current_manager
 from .exceptions import ConflictError, MultipleFound, NotFound, TransientError
 from .keys import KeySpace, quote
+from .transactions import after_commit
 
 log = logging.getLogger(__name__)
 
@@ -613,76 +614,15 @@ def _item_annotation(annotation: Any) -> Any:
 # --------------------------------------------------------------------------- transactions
 
 
-class _Savepoint:
-    def __init__(self, manager: _DataManager) -> None:
-        self.manager = manager
-        self.size = len(manager.work)
-
-    def rollback(self) -> None:
-        del self.manager.work[self.size :]
-
-
-class _DataManager:
-    """Joins a ``transaction`` to run deferred saves and deletes after it commits.
-
-    Nothing is written before the commit: an abort (or a rolled-back savepoint) just drops
-    the work recorded since. Writes run in ``tpc_finish``, after every other resource
-    (the SQL database included) committed; a failure then is logged, never raised.
-    """
-
-    transaction_manager = None
-
-    def __init__(self) -> None:
-        self.work: list[tuple[str, Callable[[], None]]] = []
-
-    def abort(self, txn: Any) -> None:
-        self.work.clear()
-
-    def tpc_begin(self, txn: Any) -> None:
-        pass
-
-    def commit(self, txn: Any) -> None:
-        pass
-
-    def tpc_vote(self, txn: Any) -> None:
-        pass
-
-    def tpc_finish(self, txn: Any) -> None:
-        work, self.work = self.work, []
-        for what, action in work:
-            try:
-                try:
-                    action()
-                except redis.ConnectionError:
-                    log.warning("retrying deferred %s after a connection error", what)
-                    action()
-            except Exception:
-                log.exception("deferred %s failed after the transaction committed", what)
-
-    def tpc_abort(self, txn: Any) -> None:
-        self.work.clear()
-
-    def sortKey(self) -> str:  # the transaction package's name
-        return "~~pyramid_transient.models"  # after the SQL resources ("~sqlalchemy:...")
-
-    def savepoint(self) -> _Savepoint:
-        return _Savepoint(self)
-
-
-_DM_KEY = object()
-
-
 def _defer(what: str, action: Callable[[], None]) -> None:
-    import transaction
+    """Run ``action`` after the commit of pyramid_tm's ``request.tm`` inside a request,
+    else of the thread's current ``transaction``."""
+    from pyramid.threadlocal import get_current_request
 
-    txn = transaction.get()
-    try:
-        manager: _DataManager = txn.data(_DM_KEY)
-    except KeyError:
-        manager = _DataManager()
-        txn.join(manager)
-        txn.set_data(_DM_KEY, manager)
-    manager.work.append((what, action))
+    # request.tm is pyramid_tm's manager (tm.manager_hook may make it other than the
+    # thread's default); a request without pyramid_tm has no such attribute.
+    tm = getattr(get_current_request(), "tm", None)
+    after_commit(what, action, transaction_manager=tm)
 
 
 # --------------------------------------------------------------------------- the model
@@ -944,8 +884,9 @@ class RedisModel(BaseModel):
         ``if_unmodified`` (default ``__optimistic__``): refuse with
         :class:`~pyramid_transient.exceptions.ConflictError` if someone wrote or deleted the
         object since it was read (for an object never read: if it exists). ``on_commit``:
-        write only when the current ``transaction`` commits (dropped on abort or a
-        rolled-back savepoint). ``expire``: seconds, overriding ``__expire__`` for this save.
+        write only when the current transaction commits (pyramid_tm's ``request.tm`` inside
+        a request, else the thread's; dropped on abort or a rolled-back savepoint).
+        ``expire``: seconds, overriding ``__expire__`` for this save.
         """
         cls = type(self)
         meta = cls.__transient_meta__
@@ -969,7 +910,7 @@ class RedisModel(BaseModel):
             self._version = int(version)
 
         if on_commit:
-            _defer(f"save of {cls.__name__} {pk!r}", write)
+            _defer(f"deferred save of {cls.__name__} {pk!r}", write)
         else:
             write()
         return self
@@ -1002,7 +943,7 @@ class RedisModel(BaseModel):
             result[0] = bool(n)
 
         if on_commit:
-            _defer(f"delete of {cls.__name__} {pk!r}", remove)
+            _defer(f"deferred delete of {cls.__name__} {pk!r}", remove)
             return None
         remove()
         return result[0]
