@@ -16,7 +16,7 @@ import pytest
 from pydantic import BaseModel
 
 from pyramid_transient import models as models_module
-from pyramid_transient.connection import RedisManager
+from pyramid_transient.connection import RedisManager, get_manager
 from pyramid_transient.exceptions import MultipleFound, NotFound
 from pyramid_transient.models import FullScanRefused, RedisModel
 
@@ -760,6 +760,48 @@ def test_bare_client_binding_writes_unprefixed_keys(transient_redis: Any) -> Non
     Plain(id=1).save()
     assert transient_redis.exists("model:{Plain}:data") == 1
     assert Plain.get(1).id == 1
+
+
+def test_registry_binding_uses_its_apps_manager(transient_settings: dict[str, Any]) -> None:
+    from pyramid import testing
+
+    class Registered(RedisModel):
+        id: int
+
+    config = testing.setUp(settings=transient_settings)
+    try:
+        config.include("pyramid_transient.models")
+        manager = get_manager(config.registry)
+        Registered.bind(config.registry)
+        Registered(id=1).save()
+        prefix = manager.settings.key_prefix
+        assert manager.get("models").exists(f"{prefix}:model:{{Registered}}:data") == 1
+        Registered.delete_all()
+        manager.close()
+    finally:
+        testing.tearDown()
+
+
+def test_manager_binding_asks_the_manager_for_its_client_on_every_use(
+    transient_manager: RedisManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a forked worker's manager hands out new clients: a bound class must not keep the old
+    class Forked(RedisModel):
+        id: int
+
+    Forked.bind(transient_manager)
+    Forked(id=1).save()
+    asked = []
+    real_get = transient_manager.get
+
+    def get(name: str = "default") -> Any:
+        asked.append(name)
+        return real_get(name)
+
+    monkeypatch.setattr(transient_manager, "get", get)
+    assert Forked.get(1).id == 1
+    Forked(id=2).save()
+    assert asked == ["models", "models"]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -48,7 +48,6 @@ import datetime as dt
 import enum
 import json
 import logging
-import threading
 import types
 import typing
 import uuid
@@ -61,9 +60,10 @@ from typing import Any, ClassVar, Literal, Self, cast
 import redis
 from pydantic import BaseModel, ConfigDict, PrivateAttr, TypeAdapter, ValidationError
 
-from .connection import RedisManager, current_manager
+from .connection import Binding, RedisManager, bind
 from .exceptions import ConflictError, MultipleFound, NotFound, TransientError
 from .keys import KeySpace, quote
+from .lua import ScriptSet
 from .transactions import after_commit
 
 log = logging.getLogger(__name__)
@@ -355,32 +355,9 @@ return n
 """
 )
 
-_SCRIPT_TEXTS = {
-    "save": _SAVE,
-    "get": _GET,
-    "delete": _DELETE,
-    "find": _FIND,
-    "scan": _SCAN,
-    "count": _COUNT,
-    "clear": _CLEAR,
-}
-
-_scripts_lock = threading.Lock()
-_scripts_by_client: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
-
-
-def _scripts(client: Any) -> dict[str, Any]:
-    """The scripts registered on ``client`` (once per client)."""
-    found = _scripts_by_client.get(client)
-    if found is None:
-        with _scripts_lock:
-            found = _scripts_by_client.get(client)
-            if found is None:
-                found = {
-                    name: client.register_script(text) for name, text in _SCRIPT_TEXTS.items()
-                }
-                _scripts_by_client[client] = found
-    return found
+SCRIPTS = ScriptSet(
+    save=_SAVE, get=_GET, delete=_DELETE, find=_FIND, scan=_SCAN, count=_COUNT, clear=_CLEAR
+)
 
 
 # --------------------------------------------------------------------------- types
@@ -489,19 +466,8 @@ class _Keys:
         return self.keyspace.tagged(self.tag, "obj", pk)
 
 
-@dataclass(frozen=True)
-class _Binding:
-    #: A bare client, or None to ask ``manager`` on each use (it replaces its clients in a
-    #: forked child, which must not share its parent's sockets).
-    client: Any
-    keyspace: KeySpace
-    manager: RedisManager | None = None
-
-    def get_client(self) -> Any:
-        return self.manager.get(DATABASE) if self.manager is not None else self.client
-
-
-_bindings: weakref.WeakKeyDictionary[type, _Binding] = weakref.WeakKeyDictionary()
+#: What :meth:`RedisModel.bind` gave each class (subclasses inherit it).
+_bindings: weakref.WeakKeyDictionary[type, Binding] = weakref.WeakKeyDictionary()
 
 
 def _expire_ms(owner: str, value: Any) -> int | None:
@@ -730,18 +696,16 @@ class RedisModel(BaseModel):
 
     @classmethod
     def bind(cls, target: redis.Redis | RedisManager | Any) -> None:
-        """Use ``target`` (a ``redis.Redis``, a ``RedisCluster`` or a
-        :class:`~pyramid_transient.connection.RedisManager`) for this class and its
-        subclasses, instead of the running app's manager.
+        """Use ``target`` for this class and its subclasses, instead of the running app's
+        manager.
 
-        A manager gives its ``models`` database and key prefix; a bare client gets keys
-        without a prefix (``model:...``).
+        ``target`` is a :class:`~pyramid_transient.connection.RedisManager`, a Pyramid
+        registry or request (its app's manager), or a bare ``redis.Redis`` /
+        ``RedisCluster``. A manager gives its ``models`` database and key prefix, asking
+        for the client on every use (so a forked worker gets its own connections); a bare
+        client gets keys without a prefix (``model:...``).
         """
-        if isinstance(target, RedisManager):
-            binding = _Binding(None, target.keyspace(CAPABILITY, DATABASE), target)
-        else:
-            binding = _Binding(target, KeySpace("", CAPABILITY))
-        _bindings[cls] = binding
+        _bindings[cls] = bind(target, CAPABILITY, DATABASE)
 
     @classmethod
     def unbind(cls) -> None:
@@ -755,9 +719,8 @@ class RedisModel(BaseModel):
             binding = _bindings.get(klass)
             if binding is not None:
                 break
-        if binding is None:
-            manager = current_manager()
-            binding = _Binding(None, manager.keyspace(CAPABILITY, DATABASE), manager)
+        if binding is None:  # the running app's, found now (never cached: apps differ)
+            binding = bind(None, CAPABILITY, DATABASE)
         meta = cls.__transient_meta__
         ks, tag = binding.keyspace, meta.storage_name
         names = meta.names.get(ks)
@@ -768,13 +731,13 @@ class RedisModel(BaseModel):
                 ks.tagged(tag, "data"),
                 tuple(ks.tagged(tag, "idx", i.field) for i in meta.indexes),
             )
-        return _Keys(binding.get_client(), *names, keyspace=ks, tag=tag)
+        return _Keys(binding.client, *names, keyspace=ks, tag=tag)
 
     @classmethod
     def _run(cls, keys: _Keys, name: str, data_key: str, extra_keys: Sequence[str],
              args: Sequence[Any]) -> Any:  # fmt: skip
         meta = cls.__transient_meta__
-        script = _scripts(keys.client)[name]
+        script = SCRIPTS.on(keys.client)[name]
         all_keys = [keys.all, keys.meta, data_key, *keys.indexes, *extra_keys]
         head = ["h" if meta.layout == "hash" else "k", len(meta.indexes)]
         head.extend(i.field for i in meta.indexes)
