@@ -225,6 +225,24 @@ def test_corrupt_value_is_treated_as_missing_and_logged(
     assert "doc.a." in caplog.text
 
 
+@pytest.mark.parametrize(
+    "field", [b"\xff.", b"no-separator", b"a..", b"."], ids=["not-utf8", "no-dot", "empty", "dot"]
+)
+def test_a_corrupt_path_in_the_data_hash_is_skipped_and_logged(
+    store: Proxy, transient_manager: RedisManager, client: Any, caplog: Any, field: bytes
+) -> None:
+    store.set("doc", {"a": 1})
+    client.hset(data_key(transient_manager), field, b"1")
+    client.zadd(data_key(transient_manager, part="paths"), {field: 0})
+    with caplog.at_level(logging.WARNING, logger="pyramid_transient.store"):
+        assert store.val() == {"doc": {"a": 1}}
+        assert root(redis=transient_manager).val() == {"s": {"doc": {"a": 1}}}
+        children = [c.key() for c in store.iter_children()]  # ends (no busy loop in Redis)
+    assert "s.doc" in children
+    assert all(Proxy(key, redis=client) for key in children)  # each a valid path
+    assert "corrupt" in caplog.text
+
+
 # ---------------------------------------------------------------------- add
 
 

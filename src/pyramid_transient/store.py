@@ -359,7 +359,8 @@ while true do
     out[#out + 1] = name
     lo = '[' .. p .. name .. '/'
   else
-    lo = '(' .. p
+    -- p's own leaf, or a path we never write (no separator): step past it
+    lo = '(' .. r[1]
   end
 end
 return out
@@ -574,23 +575,40 @@ def _flatten(value: Any, prefix: str, out: list[bytes | str]) -> None:
         out.append(encode(value))
 
 
+def _stored_path(raw: bytes | str, node: str) -> list[str] | None:
+    """The elements of stored path ``raw`` below ``node`` (``[]`` for the node itself), or
+    None, logged, for a field that is not a path we write (not UTF-8, not ending with the
+    separator, an empty element, outside ``node``): written by something else."""
+    try:
+        field = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        field = None
+    if field == node:
+        return []
+    if field is not None and field.startswith(node) and field.endswith(SEPARATOR):
+        rest = field[len(node) :].split(SEPARATOR)[:-1]
+        if all(rest):
+            return rest
+    log.warning("ignoring a corrupt store path %r below %r", raw, node)
+    return None
+
+
 def _build(node: str, flat: list[Any]) -> tuple[bool, Any]:
     """Rebuild the value of ``node`` from flat (path, encoded value) pairs."""
     tree: dict[str, Any] = {}
     found = False
     for i in range(0, len(flat), 2):
-        field = flat[i].decode("utf-8") if isinstance(flat[i], bytes) else flat[i]
+        rest = _stored_path(flat[i], node)
         raw = flat[i + 1]
-        if raw is None:
+        if raw is None or rest is None:
             continue
         try:
             value = decode(raw)
         except CodecError as exc:
-            log.warning("ignoring a corrupt store value at %r: %s", field, exc)
+            log.warning("ignoring a corrupt store value at %r: %s", flat[i], exc)
             continue
-        if field == node:
+        if not rest:
             return True, value
-        rest = field[len(node) :].split(SEPARATOR)[:-1]
         branch = tree
         for part in rest[:-1]:
             nxt = branch.get(part)
@@ -1082,7 +1100,11 @@ class Proxy:
         else:
             _path, section, node = self._target()
             raw = self._binding.run("children", self._binding.data_keys(section), [node])
-            children = [c.decode("utf-8") if isinstance(c, bytes) else c for c in raw]
+            children = []
+            for c in raw:
+                rest = _stored_path(c + b"." if isinstance(c, bytes) else c + ".", "")
+                if rest is not None and len(rest) == 1:
+                    children.append(rest[0])
         for name in children:
             yield self._make((*self._path, name), self._binding_, self)
 
