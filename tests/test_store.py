@@ -314,6 +314,17 @@ def test_expire_applies_to_the_whole_subtree(store: Proxy) -> None:
     assert not store.get("doc.b.c").exists()
 
 
+@pytest.mark.parametrize("seconds", [float("inf"), float("nan"), 0, -1, "10"])
+def test_expire_refuses_a_bad_number_of_seconds_naming_it(store: Proxy, seconds: Any) -> None:
+    store.set("doc", 1)
+    with pytest.raises(ValueError, match=f"not {seconds!r}"):
+        store.get("doc").expire(seconds)
+    with pytest.raises(ValueError, match=f"not {seconds!r}"):
+        store.set("doc", 2, expire=seconds)
+    assert store.get("doc").val() == 1
+    assert store.get("doc").time_to_live() == -1
+
+
 def test_expire_of_a_missing_path_returns_false(store: Proxy) -> None:
     assert store.get("missing").expire(10) is False
     assert store.get("missing").time_to_live() is None

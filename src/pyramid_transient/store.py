@@ -757,7 +757,11 @@ def _bind_manager(
 
 
 def _ms(seconds: float, what: str) -> int:
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not 0 < seconds < math.inf
+    ):
         raise ValueError(f"{what} must be a positive number of seconds, not {seconds!r}")
     return max(1, round(seconds * 1000))
 
