@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fractions
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -300,6 +301,29 @@ def test_python_expires_is_enforced_in_python(
     now = upstream.int_time()
     monkeypatch.setattr(upstream, "int_time", lambda: now + 61)
     assert app.get("/get").json == {"value": None, "new": True}
+
+
+def test_session_expired_in_python_is_logged_without_its_id(
+    settings: dict[str, Any],
+    transient_manager: RedisManager,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import pyramid_session_redis.session as upstream
+
+    app = build(
+        {**settings, "redis.sessions.python_expires": "true", "redis.sessions.timeout": "60"},
+        BASIC,
+    )
+    app.get("/set")
+    (key,) = keys(transient_manager)
+    session_id = key.decode().rsplit(":", 1)[1]
+    now = upstream.int_time()
+    monkeypatch.setattr(upstream, "int_time", lambda: now + 61)
+    with caplog.at_level(logging.DEBUG):
+        assert app.get("/get").json == {"value": None, "new": True}
+    assert f"{session_id[:6]}..." in caplog.text
+    assert session_id not in caplog.text  # a credential: never logged in full
 
 
 # ------------------------------------------------------------------ ids

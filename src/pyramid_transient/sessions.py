@@ -48,6 +48,8 @@ from pyramid_session_redis.exceptions import (
     InvalidSession_DeserializationError,
     InvalidSession_Lazycreate,
     InvalidSession_NotInBackend,
+    InvalidSession_PayloadLegacy,
+    InvalidSession_PayloadTimeout,
 )
 from pyramid_session_redis.session import RedisSession, hashed_value
 from pyramid_session_redis.util import (
@@ -642,6 +644,12 @@ class TransientSession(RedisSession):
         self._responded = True
 
 
+_DISCARD_REASONS: dict[type[InvalidSession], str] = {
+    InvalidSession_PayloadTimeout: "expired by its python_expires stamp",
+    InvalidSession_PayloadLegacy: "written in a legacy pyramid_session_redis format",
+}
+
+
 def _will_retry(request: Any, exc: BaseException) -> bool:
     try:
         from pyramid_retry import is_error_retryable
@@ -903,7 +911,12 @@ class TransientSessionFactory:
                 if isinstance(exc, InvalidSession_NotInBackend):
                     log.info("session cookie names no stored session (expired?): %s", exc)
                 elif not isinstance(exc, InvalidSession_DeserializationError):
-                    log.info("session discarded: %s", exc)
+                    # pyramid_session_redis's own messages carry the whole id: not logged.
+                    log.info(
+                        "session key %r discarded (%s); starting a fresh session",
+                        self.redact(self.key(session_id)),
+                        _DISCARD_REASONS.get(type(exc), type(exc).__name__),
+                    )
                 if self._func_invalid_logger is not None:
                     self._func_invalid_logger(request, exc)
         was_valid = session is not None
