@@ -503,6 +503,13 @@ def test_strict_class_refuses_an_unindexed_filter(m: SimpleNamespace) -> None:
         m.Strict.filter(label="x")
 
 
+def test_full_scan_refused_lives_in_exceptions_and_is_a_transient_error() -> None:
+    from pyramid_transient import exceptions
+
+    assert FullScanRefused is exceptions.FullScanRefused
+    assert issubclass(FullScanRefused, exceptions.TransientError)
+
+
 def test_strict_class_refuses_exclude(m: SimpleNamespace) -> None:
     with pytest.raises(FullScanRefused):
         m.Strict.exclude(n=1)

@@ -95,3 +95,7 @@ class SessionUnavailable(TransientError, ConnectionError):
 
 class UnknownMessageKind(TransientError, ValueError):
     """A flash message kind that ``transient.messages.kinds`` does not list."""
+
+
+class FullScanRefused(TransientError, ValueError):
+    """A lookup of a strict model (``__strict__ = True``) would need to scan every object."""

@@ -61,7 +61,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, PrivateAttr, TypeAdapter, ValidationError
 
 from .connection import Binding, RedisManager, bind
-from .exceptions import ConflictError, MultipleFound, NotFound, TransientError
+from .exceptions import ConflictError, FullScanRefused, MultipleFound, NotFound
 from .keys import KeySpace, quote
 from .lua import ScriptSet
 from .transactions import after_commit
@@ -79,10 +79,6 @@ CAPABILITY = "model"
 DATABASE = "models"
 
 LOOKUPS = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "contains", "startswith", "isnull")
-
-
-class FullScanRefused(TransientError, ValueError):
-    """A lookup of a strict model (``__strict__ = True``) would need to scan every object."""
 
 
 # --------------------------------------------------------------------------- Lua
@@ -612,7 +608,8 @@ class RedisModel(BaseModel):
         Field names to index: int, float, Decimal, date and datetime fields in a sorted set
         by value; str, bool, Enum and UUID fields in a sorted set by text.
     ``__strict__``
-        When true, a lookup no index can serve raises :class:`FullScanRefused` instead of
+        When true, a lookup no index can serve raises
+        :class:`~pyramid_transient.exceptions.FullScanRefused` instead of
         iterating every object (``all()`` and ``delete_all()`` stay allowed).
     ``__optimistic__``
         Default of ``save(if_unmodified=...)`` and ``delete(if_unmodified=...)``.
