@@ -22,6 +22,7 @@ from pyramid_transient.sessions import (
     LEGACY_KEYS,
     SESSION_SETTINGS,
     TransientSession,
+    TransientSessionFactory,
     parse_session_settings,
     rotate_session,
 )
@@ -324,6 +325,19 @@ def test_session_expired_in_python_is_logged_without_its_id(
         assert app.get("/get").json == {"value": None, "new": True}
     assert f"{session_id[:6]}..." in caplog.text
     assert session_id not in caplog.text  # a credential: never logged in full
+
+
+def test_session_server_password_with_url_characters_is_passed_whole(
+    transient_manager: RedisManager,
+) -> None:
+    factory = TransientSessionFactory(
+        secret="s",
+        manager=transient_manager,
+        redis_host="sessions.example",
+        redis_password="p@ss/w:rd#1?",
+    )
+    options = factory.client(None).connection_pool.connection_kwargs
+    assert (options["host"], options["password"]) == ("sessions.example", "p@ss/w:rd#1?")
 
 
 # ------------------------------------------------------------------ ids

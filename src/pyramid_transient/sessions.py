@@ -38,6 +38,7 @@ import sys
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, cast
+from urllib.parse import quote as urlquote
 
 import redis
 from pyramid.interfaces import ISession
@@ -956,7 +957,8 @@ def _own_url(
     """The URL of a server named by ``redis.sessions.*`` rather than by the manager."""
     if url:
         return url
-    auth = f":{password}@" if password else ""
+    # Quoted, or a password holding "@", "/" or "#" would be read as part of the host.
+    auth = f":{urlquote(password, safe='')}@" if password else ""
     if unix_socket_path:
         return f"unix://{auth}{unix_socket_path}?db={db or 0}"
     if host or port or db is not None:
