@@ -340,6 +340,22 @@ def test_session_server_password_with_url_characters_is_passed_whole(
     assert (options["host"], options["password"]) == ("sessions.example", "p@ss/w:rd#1?")
 
 
+def test_adjusted_session_timeout_survives_a_request_that_only_reads(
+    settings: dict[str, Any], transient_manager: RedisManager
+) -> None:
+    def remember(request: Any) -> dict[str, Any]:
+        request.session["user"] = 1
+        request.session.adjust_session_timeout(5000)
+        return {}
+
+    app = build(settings, {**BASIC, "/remember": remember})
+    app.get("/remember")
+    (key,) = keys(transient_manager)
+    assert transient_manager.get("sessions").ttl(key) > 4000
+    app.get("/get")
+    assert transient_manager.get("sessions").ttl(key) > 4000  # not the default 1200
+
+
 # ------------------------------------------------------------------ ids
 
 

@@ -389,6 +389,8 @@ class TransientSession(RedisSession):
         self._responded = False
         #: The load already refreshed the TTL (GETEX), so no EXPIRE is needed.
         self._refreshed = False
+        #: The load's GETEX gave the factory's timeout to a session that has its own.
+        self._ttl_differs = False
         #: What the save will write, decided once by :meth:`_prepare`.
         self._prepared: tuple[bytes | None, int | None] | None = None
         super().__init__(
@@ -438,6 +440,11 @@ class TransientSession(RedisSession):
         except Exception as exc:
             log.warning("session key %r holds a payload that does not decode (%s)", shown, exc)
             raise InvalidSession_DeserializationError(f"session key {shown!r} is corrupt") from exc
+        if self._refreshed and data.get("t") != self._timeout:
+            # adjust_session_timeout() gave this session its own timeout, which the GETEX
+            # (sent before the payload was known) replaced: the end of the request restores it.
+            self._refreshed = False
+            self._ttl_differs = True
         if persisted_hash is True:
             return (data, hashed_value(payload))
         if persisted_hash is False:
@@ -593,7 +600,7 @@ class TransientSession(RedisSession):
             return payload, None
         if (
             not state.dont_refresh
-            and state.please_refresh
+            and (state.please_refresh or self._ttl_differs)
             and not self._refreshed
             and state.session_id is not LazyCreateSession
             and self.timeout is not None
