@@ -356,6 +356,27 @@ def test_adjusted_session_timeout_survives_a_request_that_only_reads(
     assert transient_manager.get("sessions").ttl(key) > 4000  # not the default 1200
 
 
+def test_payload_mac_is_compared_in_constant_time(
+    settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hmac
+
+    import pyramid_transient.sessions as module
+
+    compared: list[int] = []
+    original = hmac.compare_digest
+
+    def compare_digest(a: bytes, b: bytes) -> bool:
+        compared.append(len(b))
+        return original(a, b)
+
+    app = build(settings, BASIC)
+    app.get("/set", {"v": "kept"})
+    monkeypatch.setattr(module.hmac, "compare_digest", compare_digest)
+    assert app.get("/get").json == {"value": "kept", "new": False}
+    assert 32 in compared  # the payload's HMAC-SHA256 (the cookie's is SHA-512)
+
+
 # ------------------------------------------------------------------ ids
 
 
