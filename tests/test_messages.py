@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
 import jinja2
@@ -150,6 +151,18 @@ def test_plain_strings_flashed_through_pyramid_are_read(request_: Request) -> No
     request_.session.flash("native")
     request_.session.flash("native error", "error")
     assert pop_messages(request_) == [Message("native", "info"), Message("native error", "error")]
+
+
+@pytest.mark.parametrize("stored", [42, "text", {"t": "x"}], ids=["int", "str", "dict"])
+def test_queue_that_is_not_a_list_is_dropped_and_logged(
+    request_: Request, caplog: pytest.LogCaptureFixture, stored: Any
+) -> None:
+    request_.session["_f_error"] = stored
+    with caplog.at_level(logging.WARNING, logger="pyramid_transient.messages"):
+        assert peek_messages(request_) == []
+        assert flash(request_, "after", "error") is True
+    assert "'error'" in caplog.text
+    assert texts(pop_messages(request_)) == ["after"]
 
 
 # ------------------------------------------------------------------ rendering

@@ -126,13 +126,26 @@ def _check_kind(request: Any, kind: str) -> None:
         )
 
 
+def _checked(queue: str, items: Any) -> list[Any]:
+    # A queue is whatever the session holds under "_f_<queue>": anything but a list is
+    # treated as no queue at all, never iterated (a str would give one message a letter).
+    if isinstance(items, list):
+        return items
+    log.warning("ignoring flash queue %r: it holds a %s, not a list", queue, type(items).__name__)
+    return []
+
+
 def _queue(session: Any, kind: str) -> list[Any]:
-    return list(session.peek_flash(kind))
+    items = session.peek_flash(kind)
+    if not isinstance(items, list):
+        session.pop_flash(kind)  # so that session.flash starts a new list
+    return _checked(kind, items)
 
 
 def _store(session: Any, message: Message, allow_duplicate: bool) -> bool:
+    queued = _queue(session, message.kind)
     if not allow_duplicate:
-        for item in _queue(session, message.kind):
+        for item in queued:
             stored = Message.from_stored(item, message.kind)
             if stored is not None and stored.same_as(message):
                 return False
@@ -193,7 +206,7 @@ def _collect(request: Any, kinds: Iterable[str] | None, pop: bool) -> list[Messa
         if _QUEUE + queue not in session:
             continue
         items = session.pop_flash(queue) if pop else session.peek_flash(queue)
-        for item in items:
+        for item in _checked(queue, items):
             message = Message.from_stored(item, kind)
             if message is not None:
                 messages.append(message)
