@@ -537,6 +537,24 @@ def test_delete_filter_deletes_the_matches_only(people: SimpleNamespace) -> None
     assert ids(people.User.all()) == [2, 3]
 
 
+def test_delete_filter_leaves_an_object_written_since_the_filter(
+    people: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    User = people.User
+    real_filter = User.filter.__func__
+
+    def filter_then_someone_writes(cls: Any, **lookups: Any) -> list[Any]:
+        found = real_filter(cls, **lookups)
+        User(id=1, name="Ann", role="member").save()  # meanwhile, Ann is no admin any more
+        return found
+
+    monkeypatch.setattr(User, "filter", classmethod(filter_then_someone_writes))
+    assert User.delete_filter(role="admin") == 1
+    assert User.get(1).role == "member"
+    with pytest.raises(NotFound):
+        User.get(4)
+
+
 def test_delete_all_leaves_no_key(people: SimpleNamespace, transient_manager: Any) -> None:
     assert people.User.delete_all() == 4
     assert people.User.count() == 0

@@ -223,25 +223,29 @@ return {data, version_of(redis.call('HGET', KEYS[2], pk))}
 )
 
 # Delete objects.
-# ARGV[base]      the version the caller read, or '' to skip the check (one pk only)
-# ARGV[base+1 ..] pks; key layout: KEYS[4+n ..] are their keys, in the same order
-# Returns {1, number of live objects deleted}, or {0, current version} when the check failed.
+# ARGV[base]      'check': an object written since the caller read it fails the call (one
+#                 object only); 'skip': such an object is left alone; '': no check
+# ARGV[base+1 ..] (pk, the version the caller read or '') pairs; key layout: KEYS[4+n ..] are
+#                 the objects' keys, in the same order
+# Returns {1, number of live objects deleted}, or {0, current version} when 'check' failed.
 _DELETE = (
     _PRELUDE
     + """
-local expected = ARGV[base]
-local removed = 0
-for i = base + 1, #ARGV do
+local mode = ARGV[base]
+local removed, n = 0, 0
+for i = base + 1, #ARGV, 2 do
+  n = n + 1
   local pk = ARGV[i]
   local alive = live(redis.call('ZSCORE', KEYS[1], pk))
-  if expected ~= '' then
-    local current = 0
-    if alive then current = version_of(redis.call('HGET', KEYS[2], pk)) end
-    if tonumber(expected) ~= current then return {0, current} end
+  local current = 0
+  if alive then current = version_of(redis.call('HGET', KEYS[2], pk)) end
+  local unchanged = mode == '' or tonumber(ARGV[i + 1]) == current
+  if not unchanged and mode == 'check' then return {0, current} end
+  if unchanged then
+    drop(pk)
+    if not hashed then redis.call('DEL', KEYS[3 + nidx + n]) end
+    if alive then removed = removed + 1 end
   end
-  drop(pk)
-  if not hashed then redis.call('DEL', KEYS[3 + nidx + i - base]) end
-  if alive then removed = removed + 1 end
 end
 return {1, removed}
 """
@@ -891,9 +895,9 @@ class RedisModel(BaseModel):
 
         def remove() -> None:
             keys = cls._keys()
-            expected = str(self._version) if check else ""
             extra = [keys.obj(pk)] if meta.layout == "key" else []
-            ok, n = cls._run(keys, "delete", keys.data, extra, [expected, pk])
+            args = ["check", pk, self._version] if check else ["", pk, ""]
+            ok, n = cls._run(keys, "delete", keys.data, extra, args)
             if not ok:
                 raise ConflictError(
                     f"{cls.__name__} {pk!r} was changed since it was read (version "
@@ -1039,25 +1043,36 @@ class RedisModel(BaseModel):
                 pks = [p.decode() for p in keys.client.zrange(keys.all, 0, SCAN_BATCH - 1)]
                 if not pks:
                     break
-                deleted += cls._delete_pks(keys, pks)
+                deleted += cls._delete_pks(keys, [(pk, "") for pk in pks])
         return deleted + int(cls._run(keys, "clear", keys.data, (), []))
 
     @classmethod
     def delete_filter(cls, **lookups: Any) -> int:
-        """Delete every object :meth:`filter` finds (one more round trip); return how many."""
+        """Delete every object :meth:`filter` finds (one more round trip per
+        :data:`SCAN_BATCH` of them); return how many.
+
+        An object written by someone else between the filter and the delete is left alone:
+        it may no longer match.
+        """
         found = cls.filter(**lookups)
         if not found:
             return 0
         keys = cls._keys()
         total = 0
         for start in range(0, len(found), SCAN_BATCH):
-            total += cls._delete_pks(keys, [o.pk for o in found[start : start + SCAN_BATCH]])
+            batch = found[start : start + SCAN_BATCH]
+            total += cls._delete_pks(keys, [(o.pk, o._version) for o in batch], "skip")
         return total
 
     @classmethod
-    def _delete_pks(cls, keys: _Keys, pks: list[str]) -> int:
-        extra = [keys.obj(pk) for pk in pks] if cls.__transient_meta__.layout == "key" else []
-        _ok, n = cls._run(keys, "delete", keys.data, extra, ["", *pks])
+    def _delete_pks(cls, keys: _Keys, pks: Sequence[tuple[str, Any]], mode: str = "") -> int:
+        """Delete ``(pk, version read)`` pairs; ``mode`` as the delete script's."""
+        layout = cls.__transient_meta__.layout
+        extra = [keys.obj(pk) for pk, _ in pks] if layout == "key" else []
+        args: list[Any] = [mode]
+        for pk, version in pks:
+            args += [pk, version]
+        _ok, n = cls._run(keys, "delete", keys.data, extra, args)
         return int(n)
 
     # ------------------------------------------------------------------ internals
