@@ -32,6 +32,7 @@ from typing import Any
 from . import codec
 from .exceptions import TransientError, UnknownMessageKind
 from .settings import DEFAULT_MESSAGE_KINDS
+from .transactions import after_commit
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def flash(
     )
     session = request.session  # loaded now, so a commit hook never waits on Redis
     if on_commit:
-        _pending(request).add(message, allow_duplicate)
+        _queue_after_commit(request, session, message, allow_duplicate)
         return True
     return _store(session, message, allow_duplicate)
 
@@ -245,84 +246,25 @@ def render_messages(messages: Iterable[Message]) -> Markup:
 # --------------------------------------------------------------------------- on_commit
 
 
-class _PendingMessages:
-    """A data manager holding ``on_commit`` messages until the transaction commits.
-
-    Savepoint-aware: rolling a savepoint back drops only the messages flashed after it.
-    Delivery (``tpc_finish``) only touches the already-loaded session in memory; the
-    session's own save writes them at the end of the request.
-    """
-
-    def __init__(self, request: Any, txn: Any) -> None:
-        self.request = request
-        self.txn = txn
-        self.transaction_manager = request.tm
-        self.pending: list[tuple[Message, bool]] = []
-
-    def add(self, message: Message, allow_duplicate: bool) -> None:
-        self.pending.append((message, allow_duplicate))
-
-    # IDataManager
-    def abort(self, txn: Any) -> None:
-        self._forget()
-
-    def tpc_begin(self, txn: Any) -> None:
-        pass
-
-    def commit(self, txn: Any) -> None:
-        pass
-
-    def tpc_vote(self, txn: Any) -> None:
-        pass
-
-    def tpc_finish(self, txn: Any) -> None:
-        # The database has committed: never raise from here.
-        pending, self.pending = self.pending, []
-        self._forget()
-        try:
-            session = self.request.session
-            for message, allow_duplicate in pending:
-                _store(session, message, allow_duplicate)
-        except Exception:
-            log.exception("on_commit flash messages could not be queued after the commit")
-
-    def tpc_abort(self, txn: Any) -> None:
-        self._forget()
-
-    def sortKey(self) -> str:
-        return "~pyramid_transient.messages"
-
-    # ISavepointDataManager
-    def savepoint(self) -> _Savepoint:
-        return _Savepoint(self, len(self.pending))
-
-    def _forget(self) -> None:
-        if getattr(self.request, "_transient_pending_messages", None) is self:
-            del self.request._transient_pending_messages
-
-
-class _Savepoint:
-    def __init__(self, manager: _PendingMessages, size: int) -> None:
-        self.manager = manager
-        self.size = size
-
-    def rollback(self) -> None:
-        del self.manager.pending[self.size :]
-
-
-def _pending(request: Any) -> _PendingMessages:
+def _queue_after_commit(
+    request: Any, session: Any, message: Message, allow_duplicate: bool
+) -> None:
     if not request.environ.get("tm.active"):
         raise TransientError(
             "flash(..., on_commit=True) needs the request's transaction: include pyramid_tm "
             "(and do not call it outside the transaction, e.g. from a response callback)"
         )
-    txn = request.tm.get()
-    pending = getattr(request, "_transient_pending_messages", None)
-    if pending is None or pending.txn is not txn:
-        pending = _PendingMessages(request, txn)
-        txn.join(pending)
-        request._transient_pending_messages = pending
-    return pending
+
+    def deliver() -> None:
+        # Only touches the session already loaded in memory; the session's own save
+        # writes the message at the end of the request.
+        _store(session, message, allow_duplicate)
+
+    after_commit(
+        f"queueing an on_commit flash message of kind {message.kind!r}",
+        deliver,
+        transaction_manager=request.tm,
+    )
 
 
 def includeme(config: Any) -> None:
