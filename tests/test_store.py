@@ -14,7 +14,7 @@ from pyramid.config import Configurator
 from pyramid.request import Request, apply_request_extensions
 
 from pyramid_transient.connection import RedisManager
-from pyramid_transient.store import Proxy, get_store, root, section
+from pyramid_transient.store import Lock, Proxy, get_store, root, section
 
 
 @pytest.fixture
@@ -445,6 +445,39 @@ def test_manager_binding_uses_its_prefix_and_store_database(
     section("s", redis=transient_manager).set("a", 1)
     client = transient_manager.get("store")
     assert client.hgetall(data_key(transient_manager)) == {b"a.": b"1"}
+
+
+def test_manager_binding_asks_the_manager_for_its_client_on_every_use(
+    transient_manager: RedisManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a forked worker's manager hands out new clients: a bound proxy must not keep the old
+    sect = section("s", redis=transient_manager)
+    sect.set("a", 1)
+    asked = []
+    real_get = transient_manager.get
+
+    def get(name: str = "default") -> Any:
+        asked.append(name)
+        return real_get(name)
+
+    monkeypatch.setattr(transient_manager, "get", get)
+    assert sect.get("a").val() == 1
+    with sect.get("b"):
+        sect.get("b").set("c", 2)
+    assert asked and set(asked) == {"store"}
+    assert len(asked) >= 4
+
+
+def test_a_proxy_and_a_lock_bound_to_a_registry_use_that_apps_manager(
+    transient_settings: dict[str, Any], transient_manager: RedisManager
+) -> None:
+    config = _config(transient_settings)
+    section("s", redis=config.registry).set("a", 1)
+    with Lock(config.registry, "s.a") as held:
+        assert held.owned()
+        key = transient_manager.keyspace("store").tagged("s", "locks")
+        assert transient_manager.get("store").hkeys(key) == [b"a."]
+    assert section("s", redis=transient_manager).val() == {"a": 1}
 
 
 def _config(settings: dict[str, Any]) -> Configurator:

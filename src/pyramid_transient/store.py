@@ -37,14 +37,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
-from weakref import WeakKeyDictionary
 
 import redis
 from redis.commands.core import Script
 
 from .codec import decode, encode
+from .connection import Binding, bind, get_manager, include_manager
 from .exceptions import CodecError, LockNotOwned, LockTimeout
 from .keys import KeySpace
+from .lua import ScriptSet
 
 log = logging.getLogger(__name__)
 
@@ -498,35 +499,20 @@ return {busy, mine, t or 0}
 """
 )
 
-_SOURCES = {
-    "set": _SET,
-    "get": _GET,
-    "exists": _EXISTS,
-    "delete": _DELETE,
-    "expire": _EXPIRE,
-    "ttl": _TTL,
-    "add": _ADD,
-    "children": _CHILDREN,
-    "acquire": _ACQUIRE,
-    "release": _RELEASE,
-    "extend": _EXTEND,
-    "state": _STATE,
-}
-
-_SCRIPTS: WeakKeyDictionary[Any, dict[str, Script]] = WeakKeyDictionary()
-_SCRIPTS_LOCK = threading.Lock()
-
-
-def _scripts(client: Any) -> dict[str, Script]:
-    """The scripts registered on ``client`` (once per client)."""
-    found = _SCRIPTS.get(client)
-    if found is None:
-        with _SCRIPTS_LOCK:
-            found = _SCRIPTS.get(client)
-            if found is None:
-                found = {name: client.register_script(src) for name, src in _SOURCES.items()}
-                _SCRIPTS[client] = found
-    return found
+SCRIPTS = ScriptSet(
+    set=_SET,
+    get=_GET,
+    exists=_EXISTS,
+    delete=_DELETE,
+    expire=_EXPIRE,
+    ttl=_TTL,
+    add=_ADD,
+    children=_CHILDREN,
+    acquire=_ACQUIRE,
+    release=_RELEASE,
+    extend=_EXTEND,
+    state=_STATE,
+)
 
 
 def _is_cluster(client: Any) -> bool:
@@ -649,10 +635,21 @@ def current_owner() -> str:
 
 @dataclass(frozen=True)
 class _Binding:
-    client: Any
-    keyspace: KeySpace
+    """Where a store lives (:class:`~pyramid_transient.connection.Binding`: its client,
+    asked for at each use so a forked child gets its own connections, and its keys), with
+    the lock timeouts that apply there."""
+
+    where: Binding
     acquire_timeout: float
     expire_timeout: float
+
+    @property
+    def client(self) -> Any:
+        return self.where.client
+
+    @property
+    def keyspace(self) -> KeySpace:
+        return self.where.keyspace
 
     def data_keys(self, section: str) -> list[str]:
         ks = self.keyspace
@@ -677,12 +674,13 @@ class _Binding:
     def registry(self) -> str:
         return self.keyspace.key("sections")
 
-    def script(self, name: str) -> Script:
-        return _scripts(self.client)[name]
+    def script(self, name: str, client: Any = None) -> Script:
+        return SCRIPTS.on(self.client if client is None else client)[name]
 
     def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        client = self.client
         try:
-            return self.script(name)(keys=keys, args=args, client=self.client)
+            return SCRIPTS.on(client)[name](keys=keys, args=args, client=client)
         except redis.ResponseError as exc:
             _raise_script_error(exc)
             raise
@@ -693,18 +691,19 @@ class _Binding:
         On a single server both go in one pipeline: one round trip. The listing is never
         removed (a few bytes per section name ever used), so it can never miss a section.
         """
-        if _is_cluster(self.client):
-            self.client.sadd(self.registry, section)
+        client = self.client
+        if _is_cluster(client):
+            client.sadd(self.registry, section)
             return self.run(name, keys, args)
-        script = self.script(name)
+        script = self.script(name, client)
         for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
+            pipe = client.pipeline(transaction=False)
             pipe.sadd(self.registry, section)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
             results = pipe.execute(raise_on_error=False)
             result = results[-1]
             if isinstance(result, redis.exceptions.NoScriptError) and attempt == 1:
-                self.client.script_load(script.script)
+                client.script_load(script.script)
                 continue
             if isinstance(result, redis.ResponseError):
                 _raise_script_error(result)
@@ -727,32 +726,20 @@ def _raise_script_error(exc: redis.ResponseError) -> None:
 
 
 def _bind(
-    redis_client: Any, db_name: str | None, acquire: float | None, expire: float | None
+    target: Any, db_name: str | None, acquire: float | None, expire: float | None
 ) -> _Binding:
-    from .connection import RedisManager, current_manager
-
-    if isinstance(redis_client, RedisManager):
-        return _bind_manager(redis_client, db_name, acquire, expire)
-    if redis_client is not None:
-        return _Binding(
-            redis_client,
-            KeySpace("", "store"),
-            DEFAULT_LOCK_ACQUIRE_TIMEOUT if acquire is None else acquire,
-            DEFAULT_LOCK_EXPIRE_TIMEOUT if expire is None else expire,
-        )
-    return _bind_manager(current_manager(), db_name, acquire, expire)
-
-
-def _bind_manager(
-    manager: Any, db_name: str | None, acquire: float | None, expire: float | None
-) -> _Binding:
-    name = db_name or "store"
-    settings = manager.settings.store
+    """Bind to ``target`` (see :func:`~pyramid_transient.connection.bind`): a manager's
+    ``transient.store.*`` settings give the lock timeouts not passed as arguments."""
+    where = bind(target, "store", db_name)
+    acquire_default, expire_default = DEFAULT_LOCK_ACQUIRE_TIMEOUT, DEFAULT_LOCK_EXPIRE_TIMEOUT
+    if where.manager is not None:
+        settings = where.manager.settings.store
+        acquire_default = settings.lock_acquire_timeout
+        expire_default = settings.lock_expire_timeout
     return _Binding(
-        manager.get(name),
-        manager.keyspace("store", name),
-        settings.lock_acquire_timeout if acquire is None else acquire,
-        settings.lock_expire_timeout if expire is None else expire,
+        where,
+        acquire_default if acquire is None else acquire,
+        expire_default if expire is None else expire,
     )
 
 
@@ -777,8 +764,9 @@ class Lock:
     random token (:func:`current_owner`), so locks nest freely within a thread and the same
     path may be re-entered; release as often as acquired.
 
-    :param redis: the client; keys are built with ``keyspace`` (default
-        ``KeySpace("", "store")``, the keyspace :class:`Proxy` uses with a bare client).
+    :param redis: a bare client (keys ``store:{section}:...``, as :class:`Proxy` uses with
+        one), or a :class:`~pyramid_transient.connection.RedisManager`, registry or request
+        (that app's key prefix and ``store`` database); ``keyspace`` overrides the keys.
     :param path: a dotted path (``"section"`` or below).
     :param expire_timeout: seconds after which the lock frees itself if not extended.
     :param acquire_timeout: seconds :meth:`acquire` waits before raising ``LockTimeout``.
@@ -796,14 +784,20 @@ class Lock:
         sleep: float = 0.05,
         keyspace: KeySpace | None = None,
     ) -> None:
+        _split(path)  # a bad path is a ValueError before anything else
+        where = bind(redis, "store")
+        if keyspace is not None:
+            where = Binding(keyspace, manager=where.manager, client=where.client, name=where.name)
+        self._setup(_Binding(where, acquire_timeout, expire_timeout), path, sleep)
+
+    def _setup(self, binding: _Binding, path: str, sleep: float) -> None:
         elements = _split(path)
+        expire_timeout, acquire_timeout = binding.expire_timeout, binding.acquire_timeout
         self.path = path
         self.name = path
         self._section = elements[0]
         self._node = _node(elements[1:])
-        self._binding = _Binding(
-            redis, keyspace or KeySpace("", "store"), acquire_timeout, expire_timeout
-        )
+        self._binding = binding
         self._expire_ms = _ms(expire_timeout, "lock expire_timeout")
         if acquire_timeout < 0:
             raise ValueError(f"lock acquire_timeout must be 0 or more, not {acquire_timeout!r}")
@@ -814,13 +808,9 @@ class Lock:
 
     @classmethod
     def _from_binding(cls, binding: _Binding, elements: tuple[str, ...]) -> Lock:
-        return cls(
-            binding.client,
-            SEPARATOR.join(elements),
-            expire_timeout=binding.expire_timeout,
-            acquire_timeout=binding.acquire_timeout,
-            keyspace=binding.keyspace,
-        )
+        lock = cls.__new__(cls)
+        lock._setup(binding, SEPARATOR.join(elements), 0.05)
+        return lock
 
     def __repr__(self) -> str:
         return f"<Lock {self.path!r}>"
@@ -850,11 +840,12 @@ class Lock:
         deadline = mod_time.monotonic() + (wait if blocking else 0)
         owner = current_owner()
         pause = 0.002
-        script = self._binding.script("acquire")
+        client = self._binding.client
+        script = self._binding.script("acquire", client)
         keys = self._keys()
         args: list[Any] = [self._node, owner, self._expire_ms]
         while True:
-            ok, value = script(keys=keys, args=args, client=self._binding.client)
+            ok, value = script(keys=keys, args=args, client=client)
             if ok == 1:
                 self._local.token = int(value)
                 self._local.count = self.held + 1
@@ -870,13 +861,15 @@ class Lock:
             # nor past the moment the blocking lock would expire; a release in the section
             # ends the wait early.
             pause = min(pause * 2, self.sleep)
-            self._wait(min(left, max(0.001, int(value) / 1000), pause * random.uniform(0.5, 1)))
+            self._wait(
+                client, min(left, max(0.001, int(value) / 1000), pause * random.uniform(0.5, 1))
+            )
 
-    def _wait(self, seconds: float) -> None:
+    def _wait(self, client: Any, seconds: float) -> None:
         # BLPOP on the section's wake-up list instead of sleeping: the releaser's script
         # pushes to it. Capped well below the clients' socket timeout.
         try:
-            self._binding.client.blpop([self._keys()[3]], timeout=max(0.001, min(seconds, 0.1)))
+            client.blpop([self._keys()[3]], timeout=max(0.001, min(seconds, 0.1)))
         except redis.ResponseError:  # e.g. BLPOP denied by an ACL: plain sleep instead
             mod_time.sleep(seconds)
 
@@ -941,9 +934,11 @@ class Proxy:
 
     :param path: the dotted path (``"section"``, ``"section.a.b"``).
     :param redis: a client to use (scripts, workers, tests); keys then have no prefix
-        (``KeySpace("", "store")``). A :class:`~pyramid_transient.connection.RedisManager`
-        may be given instead: its ``store`` database (or ``db_name``) and key prefix are
-        used. Without either, the running Pyramid app's manager is looked up at first use.
+        (``KeySpace("", "store")``). A :class:`~pyramid_transient.connection.RedisManager`,
+        a registry or a request may be given instead: that app's ``store`` database (or
+        ``db_name``) and key prefix are used, and its client is asked for at each use (a
+        forked worker gets its own connections). Without any, the running Pyramid app's
+        manager is looked up at first use.
     :param lock_acquire_timeout: seconds :meth:`acquire` waits (default
         ``transient.store.lock_acquire_timeout``, else 10).
     :param lock_expire_timeout: seconds a lock lives unless extended (default
@@ -1146,11 +1141,12 @@ class Proxy:
         names = self._sections() if names is None else names
         if not names:
             return []
-        if _is_cluster(b.client):
+        client = b.client
+        if _is_cluster(client):
             return [b.run(name, b.data_keys(s), args(s)) for s in names]
-        script = b.script(name)
+        script = b.script(name, client)
         for attempt in (1, 2):
-            pipe = b.client.pipeline(transaction=False)
+            pipe = client.pipeline(transaction=False)
             for s in names:
                 keys = b.data_keys(s)
                 pipe.evalsha(script.sha, len(keys), *keys, *args(s))
@@ -1158,7 +1154,7 @@ class Proxy:
             if attempt == 1 and any(
                 isinstance(r, redis.exceptions.NoScriptError) for r in results
             ):
-                b.client.script_load(script.script)
+                client.script_load(script.script)
                 continue
             for r in results:
                 if isinstance(r, Exception):
@@ -1243,10 +1239,8 @@ def section(name: str, redis: Any = None, **kwargs: Any) -> Proxy:
 
 def get_store(request_or_registry: Any, db_name: str | None = None) -> Proxy:
     """The root of the app's store, from a request or a registry."""
-    from .connection import get_manager
-
     proxy = root()
-    proxy._binding_ = _bind_manager(get_manager(request_or_registry), db_name, None, None)
+    proxy._binding_ = _bind(get_manager(request_or_registry), db_name, None, None)
     return proxy
 
 
@@ -1256,7 +1250,5 @@ def _request_store(request: Any) -> Proxy:
 
 def includeme(config: Any) -> None:
     """Register the manager and ``request.store`` (the root :class:`Proxy` of the app)."""
-    from .connection import include_manager
-
     include_manager(config)
     config.add_request_method(_request_store, "store", reify=True)
