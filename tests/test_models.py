@@ -668,6 +668,33 @@ def test_corrupt_payload_is_treated_as_missing_and_logged(
     assert "skipping stored User '1'" in caplog.text
 
 
+@pytest.mark.parametrize(
+    "record", [b"garbage", b"7|abc", b"7|x:age", b"7|3:age", b"7|3:age99:x", b"x|"]
+)
+def test_corrupt_bookkeeping_record_does_not_break_the_object(
+    m: SimpleNamespace, transient_manager: Any, record: bytes
+) -> None:
+    m.User(id=1, name="Ann", age=3).save()
+    client = transient_manager.get("models")
+    ks = transient_manager.keyspace("model", "models")
+    client.hset(ks.tagged("User", "meta"), "1", record)
+    assert m.User.get(1).name == "Ann"
+    m.User(id=1, name="Anna", age=4).save()
+    assert ids(m.User.filter(age=4)) == [1]
+    assert m.User.get(1).delete() is True
+
+
+def test_foreign_member_in_a_text_index_is_skipped_and_removed(
+    m: SimpleNamespace, transient_manager: Any
+) -> None:
+    m.User(id=1, name="Ann").save()
+    client = transient_manager.get("models")
+    key = transient_manager.keyspace("model", "models").tagged("User", "idx", "name")
+    client.zadd(key, {"Anx": 0})  # no NUL: not a member we wrote
+    assert ids(m.User.filter(name__startswith="A")) == [1]
+    assert client.zscore(key, "Anx") is None
+
+
 # ------------------------------------------------------------------ round trips
 
 

@@ -114,12 +114,16 @@ end
 
 local function unindex(pk)
   local rec = redis.call('HGET', KEYS[2], pk)
-  if not rec then return end
-  local pos = string.find(rec, '|', 1, true) + 1
+  local pos = rec and string.find(rec, '|', 1, true)
+  if not pos then return end
+  pos = pos + 1
   local parts = {}
   while pos <= #rec do
+    -- A record that is not ours stops here: its entries stay, and filters skip them since
+    -- they check every object they load.
     local colon = string.find(rec, ':', pos, true)
-    local n = tonumber(string.sub(rec, pos, colon - 1))
+    local n = colon and tonumber(string.sub(rec, pos, colon - 1))
+    if not n then break end
     parts[#parts + 1] = string.sub(rec, colon + 1, colon + n)
     pos = colon + n + 1
   end
@@ -290,8 +294,13 @@ for _, range in ipairs(best[3]) do
   end
   for _, member in ipairs(members) do
     local pk = member
-    if best[2] == 'l' then pk = string.sub(member, string.find(member, '\\0', 1, true) + 1) end
-    if not seen[pk] then
+    if best[2] == 'l' then
+      local nul = string.find(member, '\\0', 1, true)
+      pk = nul and string.sub(member, nul + 1)
+    end
+    if not pk then
+      redis.call('ZREM', best[1], member)  -- without NUL: not a member we wrote
+    elseif not seen[pk] then
       seen[pk] = true
       local deadline = redis.call('ZSCORE', KEYS[1], pk)
       if live(deadline) then
