@@ -177,6 +177,20 @@ def test_key_prefix_setting_goes_inside_our_layout(
     assert key.decode().startswith(base)
 
 
+def test_factory_without_a_manager_uses_the_running_apps(
+    settings: dict[str, Any], transient_manager: RedisManager
+) -> None:
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_transient.connection")
+        config.set_session_factory(TransientSessionFactory(secret="unit-secret"))
+        config.add_route("set", "/set")
+        config.add_view(set_value, route_name="set", renderer="json")
+        app = webtest.TestApp(config.make_wsgi_app())
+    app.get("/set", {"v": "found"})
+    (key,) = keys(transient_manager)
+    assert b'"value":"found"' in (transient_manager.get("sessions").get(key) or b"")
+
+
 # ------------------------------------------------------------------ conformance and values
 
 

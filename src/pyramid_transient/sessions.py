@@ -63,7 +63,7 @@ from webob.cookies import SignedSerializer
 from zope.interface import implementer
 
 from . import codec
-from .connection import RedisManager, TransientRedis, current_manager, get_manager
+from .connection import Binding, RedisManager, TransientRedis, bind, get_manager
 from .exceptions import ConfigurationError, SessionTooLarge, SessionUnavailable, TransientError
 from .keys import KeySpace, quote
 
@@ -805,22 +805,29 @@ class TransientSessionFactory:
         )
         self._own_socket_timeout = redis_socket_timeout
         self._own_client: redis.Redis | None = None
-        self._keyspace: KeySpace | None = None
+        self._binding: Binding | None = None
 
     # ------------------------------------------------------------------ parts
 
     @property
+    def binding(self) -> Binding:
+        """The ``sessions`` database and ``session`` keys of :attr:`manager`.
+
+        Resolved on first use (the running app's manager when none was given); its
+        client is asked of the manager on every use, so a forked worker connects anew.
+        """
+        if self._binding is None:
+            self._binding = bind(self._manager, "session", "sessions")
+        return self._binding
+
+    @property
     def manager(self) -> RedisManager:
         """The manager whose ``sessions`` database (and key prefix) sessions use."""
-        if self._manager is None:
-            self._manager = current_manager()
-        return self._manager
+        return cast(RedisManager, self.binding.manager)
 
     @property
     def keyspace(self) -> KeySpace:
-        if self._keyspace is None:
-            self._keyspace = self.manager.keyspace("session", "sessions")
-        return self._keyspace
+        return self.binding.keyspace
 
     def key(self, session_id: Any) -> str:
         """The Redis key of ``session_id``: ``{key_prefix}:session:{id}``."""
@@ -873,7 +880,7 @@ class TransientSessionFactory:
             if self._own_client is None:
                 self._own_client = self._make_own_client(self._own_url)
             return self._own_client
-        return self.manager.get("sessions")
+        return cast(redis.Redis, self.binding.client)
 
     def _make_own_client(self, url: str) -> redis.Redis:
         s = self.manager.settings
