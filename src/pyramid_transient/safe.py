@@ -28,6 +28,7 @@ than N replicas acknowledge it within ``transient.safe.wait_timeout``.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -380,9 +381,13 @@ class Safe(MutableMapping[str, Any]):
             raise ValueError(
                 f"wait_replicas must be an integer of at least 0, not {wait_replicas!r}"
             )
-        if wait_timeout is not None and not wait_timeout > 0:
+        if wait_timeout is not None and (
+            isinstance(wait_timeout, bool)
+            or not isinstance(wait_timeout, int | float)
+            or not 0 < wait_timeout < math.inf
+        ):
             raise ValueError(
-                f"wait_timeout must be a number of seconds above 0, not {wait_timeout!r}"
+                f"wait_timeout must be a finite number of seconds above 0, not {wait_timeout!r}"
             )
         #: The safe's name, usually its module's ``__name__``.
         self.name = name
@@ -400,8 +405,14 @@ class Safe(MutableMapping[str, Any]):
             self._manager = redis
         elif isinstance(redis, _CLIENT_TYPES):
             self._fixed = self._client_target(redis)
-        else:
+        elif hasattr(redis, "queryUtility") or hasattr(redis, "registry"):
             self._manager = get_manager(redis)
+        else:
+            raise TypeError(
+                f"safe {name!r}: redis must be a redis.Redis or RedisCluster client, a "
+                "RedisManager, a Pyramid registry or request, or None (the running app), "
+                f"not {type(redis).__name__} {redis!r}"
+            )
 
     def __repr__(self) -> str:
         return f"<Safe {self.name!r}>"
