@@ -279,6 +279,23 @@ def test_a_name_with_key_syntax_stays_inside_its_own_hash(
     assert tricky.key.endswith(":safe:{a%7D%3A%7Bb%20c}")
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("a.b", "a.bc"), ("a.b", "a"), ("a", "a}"), ("a:b", "a"), ("a}b", "a%7Db"), ("x", "{x}")],
+)
+def test_safes_whose_names_share_a_prefix_or_hold_key_syntax_are_isolated(
+    transient_manager: RedisManager, transient_redis: redis.Redis, first: str, second: str
+) -> None:
+    one, two = get_safe(first, transient_manager), get_safe(second, transient_manager)
+    one.update(k=1, only_one=1)
+    two.update(k=2, only_two=2)
+    assert one.key != two.key
+    one.clear()
+    assert (one.snapshot(), two.snapshot()) == ({}, {"k": 2, "only_two": 2})
+    assert transient_redis.exists(one.key) == 0
+    assert transient_redis.hgetall(two.key) == {b"k": b"2", b"only_two": b"2"}
+
+
 def test_an_empty_name_is_refused() -> None:
     with pytest.raises(TypeError, match="non-empty string"):
         get_safe("")
