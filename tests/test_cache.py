@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import uuid
 from collections.abc import Iterator
@@ -159,7 +160,8 @@ def test_key_over_n_instances_is_one_round_trip_first_time_included(
     transient_manager: RedisManager,
     round_trips: Any,
 ) -> None:
-    cache_key(row_identity("warm", 1))  # connect and load the script outside the count
+    # Connect and load the script outside the count (a key over one token needs none).
+    cache_key(row_identity("warm", 1), row_identity("warm", 2))
     fragments = ["list", Page, *pages[:n]]
     with round_trips() as rt:
         first = cache_key(*fragments)
@@ -170,6 +172,35 @@ def test_key_over_n_instances_is_one_round_trip_first_time_included(
     assert first == second
     store = token_store(transient_manager)
     assert store.client.exists(*(store.key(i) for i in [table_identity(Page.__table__)])) == 1
+
+
+def test_key_over_one_instance_is_one_set_nx_get_first_time_included(
+    cache_key: CacheKeyGenerator,
+    pages: list[Page],
+    factory: Any,
+    transient_manager: RedisManager,
+    round_trips: Any,
+) -> None:
+    store = token_store(transient_manager)
+    token_key = store.key(row_identity(Page.__table__, 1))
+    store.client.ping()
+    with round_trips() as rt:
+        first = cache_key("detail", pages[0])
+    assert (rt.count, rt.commands) == (1, ["SET"])
+    created = store.client.get(token_key)
+    assert created is not None and 0 < store.client.ttl(token_key) <= store.ttl
+    with round_trips() as again:
+        assert cache_key("detail", pages[0]) == first
+    assert (again.count, again.commands) == (1, ["SET"])
+    assert store.client.get(token_key) == created  # read, never overwritten
+    with factory() as session:
+        session.get(Page, 1).title = "changed"
+        session.commit()
+    assert store.client.get(token_key) is None  # invalidated; the next read makes a new one
+    with round_trips() as rt:
+        after = cache_key("detail", pages[0])
+    assert (rt.count, rt.commands) == (1, ["SET"])
+    assert after != first and store.client.get(token_key) not in (None, created)
 
 
 def test_the_same_instance_twice_reads_its_token_once(
@@ -222,7 +253,7 @@ def test_pending_invalidations_travel_with_the_next_key(
             client.script_load(invalidation.TOKENS_SCRIPT)  # a restarted server forgot it
             with round_trips() as rt:
                 after = generator(pages[0])
-            assert rt.count == 1
+            assert (rt.count, rt.commands) == (1, ["EVALSHA"])  # the DELs, then the read
             assert after != before
             assert pending_invalidations(client) == 0
         finally:
@@ -230,11 +261,27 @@ def test_pending_invalidations_travel_with_the_next_key(
             manager.close()
 
 
-def test_cache_key_works_on_the_memory_backend(transient_memory: RedisManager) -> None:
+@pytest.mark.parametrize("n", [1, 3], ids=["one token (SET)", "three (script)"])
+def test_cache_key_works_on_the_memory_backend(
+    n: int, transient_memory: RedisManager, round_trips: Any
+) -> None:
     generator = CacheKeyGenerator(transient_memory)
-    before = generator(row_identity("t", 1))
-    token_store(transient_memory).invalidate([row_identity("t", 1)])
-    assert generator(row_identity("t", 1)) != before
+    store = token_store(transient_memory)
+    generator(row_identity("warm", 1), row_identity("warm", 2))  # loads the script
+    ids = [row_identity("t", i) for i in range(1, n + 1)]
+    store.client.set(store.key(ids[0]), b"existing")
+    with round_trips() as rt:
+        before = generator(*ids)
+    assert (rt.count, rt.commands) == (1, ["SET"] if n == 1 else ["EVALSHA"])
+    assert store.client.get(store.key(ids[0])) == b"existing"  # never overwritten
+    tokens = store.tokens(ids)
+    assert store.digest(ids) == hashlib.sha1(b",".join(tokens)).hexdigest().encode()
+    for identity in ids[1:]:
+        assert 0 < store.client.ttl(store.key(identity)) <= store.ttl  # created, with a TTL
+    assert generator(*ids) == before
+    store.invalidate([ids[0]])
+    assert generator(*ids) != before
+    assert 0 < store.client.ttl(store.key(ids[0])) <= store.ttl
 
 
 @pytest.mark.cluster
@@ -242,11 +289,14 @@ def test_cache_key_on_a_cluster_is_one_round_trip(
     transient_cluster_manager: RedisManager, round_trips: Any
 ) -> None:
     generator = CacheKeyGenerator(transient_cluster_manager)
-    generator(row_identity("warm", 1))
+    generator(row_identity("warm", 1), row_identity("warm", 2))  # loads the script
     fragments = [row_identity(f"t{i % 7}", i) for i in range(100)] + [table_identity("t")]
     with round_trips() as rt:
         generator(*fragments)
-    assert rt.count == 1
+    assert (rt.count, rt.commands) == (1, ["EVALSHA"])
+    with round_trips() as rt:
+        generator("detail", row_identity("t0", 0))
+    assert (rt.count, rt.commands) == (1, ["SET"])
 
 
 # --------------------------------------------------------------------------- regions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import subprocess
@@ -200,32 +201,138 @@ def test_two_distinct_primary_keys_never_share_an_identity(pks: list[tuple[Any, 
 
 def test_tokens_are_random_not_counters(transient_manager: RedisManager) -> None:
     store = token_store(transient_manager)
-    first, second = store.tokens([Identity("t:a"), Identity("t:b")])
-    assert first != second
-    assert not first.isdigit() and len(first) >= 24
+    first, second = store.tokens([Identity("t:a"), Identity("t:b")])  # one script call
+    (third,) = store.tokens([Identity("t:c")])  # one SET NX GET
+    assert len({first, second, third}) == 3
+    for token in (first, second, third):
+        assert not token.isdigit() and len(token) >= 24
 
 
-def test_a_reader_never_overwrites_an_existing_token(transient_manager: RedisManager) -> None:
+# A key over one token reads it with SET NX GET EX, over several with the script: every
+# behaviour below is checked both ways.
+READS = pytest.mark.parametrize("n", [1, 3], ids=["one token (SET)", "three (script)"])
+
+
+def _ids(n: int) -> list[Identity]:
+    return [Identity("t:a"), *(Identity(f"t:other{i}") for i in range(1, n))]
+
+
+@READS
+def test_a_reader_never_overwrites_an_existing_token(
+    n: int, transient_manager: RedisManager
+) -> None:
     store = token_store(transient_manager)
     store.client.set(store.key("t:a"), b"existing")
-    assert store.tokens([Identity("t:a")]) == [b"existing"]
+    assert store.tokens(_ids(n))[0] == b"existing"
+    assert store.client.get(store.key("t:a")) == b"existing"
+    assert store.client.ttl(store.key("t:a")) == -1  # no expiry added either
 
 
-def test_new_tokens_expire_after_token_ttl(transient_settings: dict[str, Any]) -> None:
+@READS
+def test_a_reader_never_recreates_a_token_invalidated_since_it_read(
+    n: int, transient_manager: RedisManager
+) -> None:
+    store = token_store(transient_manager)
+    before = store.tokens(_ids(n))
+    assert store.invalidate([Identity("t:a")]) is True
+    after = store.tokens(_ids(n))
+    assert after[0] != before[0] and after[1:] == before[1:]
+    assert store.tokens(_ids(n)) == after  # the new token stays
+
+
+@READS
+def test_new_tokens_expire_after_token_ttl(n: int, transient_settings: dict[str, Any]) -> None:
     manager = RedisManager.from_settings({**transient_settings, "transient.cache.token_ttl": "77"})
     try:
         store = token_store(manager)
-        store.tokens([Identity("t:a")])
-        assert 70 < store.client.ttl(store.key("t:a")) <= 77
+        store.tokens(_ids(n))
+        for identity in _ids(n):
+            assert 70 < store.client.ttl(store.key(identity)) <= 77
     finally:
         manager.close()
 
 
-def test_reading_a_token_does_not_extend_its_life(transient_manager: RedisManager) -> None:
+@READS
+def test_reading_a_token_does_not_extend_its_life(n: int, transient_manager: RedisManager) -> None:
     store = token_store(transient_manager)
     store.client.set(store.key("t:a"), b"old", ex=5)
-    store.tokens([Identity("t:a")])
-    assert store.client.ttl(store.key("t:a")) <= 5
+    assert store.tokens(_ids(n))[0] == b"old"
+    assert 0 < store.client.ttl(store.key("t:a")) <= 5
+
+
+def test_one_token_is_one_set_nx_get_first_time_included(
+    transient_manager: RedisManager, round_trips: Any
+) -> None:
+    store = token_store(transient_manager)
+    store.client.ping()
+    with round_trips() as rt:
+        (created,) = store.tokens([Identity("t:a")])
+    with round_trips() as again:
+        (read,) = store.tokens([Identity("t:a")])
+    assert rt.commands == again.commands == ["SET"]
+    assert created == read == store.client.get(store.key("t:a"))
+    assert 0 < store.client.ttl(store.key("t:a")) <= store.ttl
+
+
+def test_the_digest_is_the_same_whichever_way_tokens_are_read(
+    transient_manager: RedisManager,
+) -> None:
+    store = token_store(transient_manager)
+    one, two = Identity("t:a"), Identity("t:b")
+    single = store.digest([one])  # SET NX GET, hashed here
+    tokens = store.tokens([one, two])
+    assert single == hashlib.sha1(tokens[0]).hexdigest().encode("ascii")
+    assert store.digest([one, two]) == hashlib.sha1(b",".join(tokens)).hexdigest().encode()
+    # The script reads one token when retried invalidations ride along: same digest.
+    client = store.client
+    invalidation._backlog(client).put_back([store.key("t:gone")])
+    invalidation._backlog(client).cancel()
+    assert store.digest([one]) == single
+    assert pending_invalidations(client) == 0
+
+
+def test_a_server_before_redis_7_reads_one_token_with_the_script(round_trips: Any) -> None:
+    import fakeredis
+
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(6, 2)))
+    store = token_store(client, key_prefix="old")
+    with round_trips() as rt:
+        (created,) = store.tokens([Identity("t:a")])
+    assert rt.commands[0] == "SET" and rt.commands[-1] == "EVALSHA"  # refused, then script
+    with round_trips() as rt:
+        assert store.tokens([Identity("t:a")]) == [created]
+    assert rt.commands == ["EVALSHA"]  # remembered: one round trip from then on
+    assert 0 < client.ttl(store.key("t:a")) <= store.ttl
+    client.set(store.key("t:b"), b"existing")
+    assert store.tokens([Identity("t:b")]) == [b"existing"]
+    assert store.digest([Identity("t:a")]) == hashlib.sha1(created).hexdigest().encode()
+
+
+@pytest.mark.parametrize(("protocol", "decode"), [(2, False), (3, False), (2, True), (3, True)])
+def test_tokens_on_resp2_and_resp3_clients(
+    protocol: int,
+    decode: bool,
+    transient_manager: RedisManager,
+    transient_redis_url: str,
+) -> None:
+    client = redis.Redis.from_url(
+        transient_redis_url,
+        db=transient_manager.db_number("cache"),
+        protocol=protocol,
+        decode_responses=decode,
+    )
+    try:
+        store = token_store(client, key_prefix=transient_manager.settings.key_prefix)
+        reference = token_store(transient_manager)  # bytes, RESP2
+        for ids in (_ids(1), _ids(3)):
+            created = store.tokens(ids)
+            assert created == store.tokens(ids) == reference.tokens(ids)
+            assert all(isinstance(t, bytes) for t in created)
+            assert store.digest(ids) == reference.digest(ids)
+            assert store.invalidate(ids[:1]) is True
+            assert store.tokens(ids)[0] != created[0]
+    finally:
+        client.close()
 
 
 def test_token_keys_share_one_hash_tag_under_the_prefix(transient_manager: RedisManager) -> None:
@@ -432,13 +539,15 @@ def test_invalidating_a_commit_is_one_round_trip(
 ) -> None:
     transient_manager.get("cache").ping()
     for n in (1, 10, 100):
+        get_token(transient_manager, Item)
         with factory() as session:
             session.add_all([Item(id=1000 * n + i, name="x") for i in range(n)])
             session.flush()
             with round_trips() as rt:
                 session.commit()
         assert rt.count == 1, (n, rt.commands)
-        assert rt.commands[0].startswith("EVALSHA")
+        assert rt.commands == ["DEL"]
+        assert stored(transient_manager, table_identity(Item.__table__)) is None
 
 
 def test_pending_changes_are_kept_per_session(
@@ -581,14 +690,14 @@ def test_failed_invalidations_are_retried_with_the_next_commit(
             session.get(Item, 1).name = "while down"
             session.commit()
         invalidation._backlog(client).cancel()
-        dead_server.start()
-        client.script_load(invalidation.TOKENS_SCRIPT)  # a restarted server forgot it
+        dead_server.start()  # a restarted server: no script loaded, none needed (one DEL)
         with factory() as session:
             session.get(Item, 2).name = "after"
             session.flush()
             with round_trips() as rt:
                 session.commit()
         assert rt.count == 1
+        assert rt.commands == ["DEL"]
         assert pending_invalidations(client) == 0
         assert client.get(store.key(row_identity(Item.__table__, 1))) is None
     finally:
@@ -707,15 +816,25 @@ def test_tokens_and_invalidation_on_a_cluster_are_one_round_trip_each(
 ) -> None:
     store = token_store(transient_cluster_manager)
     ids = [row_identity("t", i) for i in range(50)] + [table_identity("t")]
-    store.tokens(ids[:1])  # connect and load the script outside the count
+    store.tokens(ids[:2])  # connect and load the script outside the count
     with round_trips() as rt:
         first = store.tokens(ids)
-    assert rt.count == 1
+    assert (rt.count, rt.commands) == (1, ["EVALSHA"])
+    with round_trips() as rt:
+        (one,) = store.tokens(ids[:1])
+    assert (rt.count, rt.commands) == (1, ["SET"])
+    assert one == first[0]
     with round_trips() as rt:
         assert store.invalidate(ids[:10]) is True
-    assert rt.count == 1
+    assert (rt.count, rt.commands) == (1, ["DEL"])
     second = store.tokens(ids)
     assert [a != b for a, b in zip(first, second, strict=True)] == [True] * 10 + [False] * 41
+    with round_trips() as rt:
+        (again,) = store.tokens(ids[:1])
+    assert (rt.count, rt.commands) == (1, ["SET"])
+    assert again == second[0]
+    client = store.client
+    assert 0 < client.ttl(store.key(ids[0])) <= store.ttl
 
 
 @pytest.mark.sentinel
