@@ -45,16 +45,15 @@ from collections.abc import (
     ValuesView,
 )
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.cluster import RedisCluster
-from redis.commands.core import Script
 
 from . import codec
-from .connection import RedisManager, current_manager, get_manager, include_manager
+from .connection import Binding, RedisManager, bind, get_manager, include_manager
 from .exceptions import CodecError, ConfigurationError, ConflictError, ReplicationTimeout
-from .keys import KeySpace
+from .lua import ScriptSet
 from .settings import SafeSettings, TransientSettings
 
 log = logging.getLogger(__name__)
@@ -167,12 +166,12 @@ end
 return 1
 """
 
-_SCRIPTS = {
-    "pop": POP_SCRIPT,
-    "popitem": POPITEM_SCRIPT,
-    "setdefault": SETDEFAULT_SCRIPT,
-    "commit": COMMIT_SCRIPT,
-}
+SCRIPTS = ScriptSet(
+    pop=POP_SCRIPT,
+    popitem=POPITEM_SCRIPT,
+    setdefault=SETDEFAULT_SCRIPT,
+    commit=COMMIT_SCRIPT,
+)
 
 
 class _Missing:
@@ -293,7 +292,6 @@ class _Target:
         )
         self.check = check_durability
         self.prepared = False
-        self.scripts: dict[str, Script] = {}
 
     def prepare(self, name: str) -> None:
         """At first use, in one round trip: load the scripts, check the server's persistence.
@@ -301,12 +299,9 @@ class _Target:
         Warns when the server would lose every write on restart.
         """
         client = self.client()
-        # Registered once per target. The sha does not depend on the client, so the
-        # scripts are then called with whichever client the manager gives (a new one
-        # after a fork); loading them now saves a NOSCRIPT round trip at their first call.
-        self.scripts = {key: client.register_script(src) for key, src in _SCRIPTS.items()}
+        # Loading the scripts now saves a NOSCRIPT round trip at their first call.
         commands: list[tuple[Any, ...]] = [
-            ("SCRIPT", "LOAD", script.script) for script in self.scripts.values()
+            ("SCRIPT", "LOAD", source) for source in SCRIPTS.sources.values()
         ]
         if self.check:
             commands += [("CONFIG", "GET", "appendonly"), ("CONFIG", "GET", "save")]
@@ -400,13 +395,15 @@ class Safe(MutableMapping[str, Any]):
             weakref.WeakKeyDictionary()
         )
         if redis is None:
-            pass
-        elif isinstance(redis, RedisManager):
-            self._manager = redis
-        elif isinstance(redis, _CLIENT_TYPES):
-            self._fixed = self._client_target(redis)
-        elif hasattr(redis, "queryUtility") or hasattr(redis, "registry"):
-            self._manager = get_manager(redis)
+            pass  # bound at each use: see _target()
+        elif isinstance(redis, (RedisManager, *_CLIENT_TYPES)) or (
+            hasattr(redis, "queryUtility") or hasattr(redis, "registry")
+        ):
+            where = bind(redis, CAPABILITY, DATABASE)
+            if where.manager is not None:
+                self._manager = where.manager
+            else:
+                self._fixed = self._client_target(where)
         else:
             raise TypeError(
                 f"safe {name!r}: redis must be a redis.Redis or RedisCluster client, a "
@@ -419,7 +416,8 @@ class Safe(MutableMapping[str, Any]):
 
     # ------------------------------------------------------------------ binding
 
-    def _client_target(self, client: Client) -> _Target:
+    def _client_target(self, where: Binding) -> _Target:
+        client = where.client
         defaults = SafeSettings()
         wait = self._wait_replicas if self._wait_replicas is not None else defaults.wait_replicas
         timeout = self._wait_timeout if self._wait_timeout is not None else defaults.wait_timeout
@@ -428,7 +426,7 @@ class Safe(MutableMapping[str, Any]):
             getattr(client, "nodes_manager", None), "connection_kwargs", {}
         )
         return _Target(
-            KeySpace("", CAPABILITY).tagged(self.name),
+            where.keyspace.tagged(self.name),
             lambda: client,
             wait_replicas=wait,
             wait_timeout=timeout,
@@ -448,7 +446,8 @@ class Safe(MutableMapping[str, Any]):
                 value=wait,
             )
         # A weak reference: the target is a value of a WeakKeyDictionary keyed by this
-        # manager, and a strong one would keep every app's manager alive for ever.
+        # manager, and a strong one (a connection.Binding holds one) would keep every app's
+        # manager alive for ever. Asking it at each use gives a forked child its own client.
         ref = weakref.ref(manager)
 
         def get_client() -> Client:
@@ -472,7 +471,7 @@ class Safe(MutableMapping[str, Any]):
             manager = self._manager
             if manager is None:
                 try:
-                    manager = current_manager()
+                    manager = cast(RedisManager, bind(None, CAPABILITY, DATABASE).manager)
                 except ConfigurationError:
                     raise ConfigurationError(
                         f"safe {self.name!r} has no Redis client and no application is "
@@ -503,9 +502,10 @@ class Safe(MutableMapping[str, Any]):
         return self._send_waiting(t, command)
 
     def _run(self, t: _Target, name: str, args: Sequence[Any]) -> Any:
-        script = t.scripts[name]
+        client = t.client()
+        script = SCRIPTS.on(client)[name]
         if not t.wait_replicas:
-            return script(keys=[t.key], args=args, client=t.client())
+            return script(keys=[t.key], args=args, client=client)
         command = ("EVALSHA", script.sha, 1, t.key, *args)
         try:
             return self._send_waiting(t, command)
