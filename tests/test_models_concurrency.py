@@ -213,7 +213,7 @@ def test_failure_after_commit_is_logged_not_raised(
     m.Account.bind(dead)
     try:
         m.Account(id=1, owner="ann").save(on_commit=True)
-        with caplog.at_level(logging.ERROR, logger="pyramid_transient.models"):
+        with caplog.at_level(logging.ERROR, logger="pyramid_transient.transactions"):
             transaction.commit()  # does not raise
     finally:
         m.Account.unbind()
@@ -227,7 +227,7 @@ def test_conflict_at_commit_is_logged_not_raised(
     mine = m.Account.get(1)
     mine.save(if_unmodified=True, on_commit=True)
     m.Account(id=1, owner="bob").save()
-    with caplog.at_level(logging.ERROR, logger="pyramid_transient.models"):
+    with caplog.at_level(logging.ERROR, logger="pyramid_transient.transactions"):
         transaction.commit()
     assert "ConflictError" in caplog.text
     assert m.Account.get(1).owner == "bob"
