@@ -191,6 +191,25 @@ def test_factory_without_a_manager_uses_the_running_apps(
     assert b'"value":"found"' in (transient_manager.get("sessions").get(key) or b"")
 
 
+def test_cookie_is_signed_as_pyramid_session_redis_signs_it(settings: dict[str, Any]) -> None:
+    from pyramid_session_redis.util import _StringSerializer
+    from webob.cookies import SignedSerializer
+
+    upstream = SignedSerializer(
+        SECRET["redis.sessions.secret"],
+        "pyramid_session_redis.",
+        "sha512",
+        serializer=_StringSerializer(),
+    )
+    app = build(settings, BASIC)
+    app.get("/set", {"v": "shared"})
+    session_id = upstream.loads(app.cookies["session"].encode())
+    assert upstream.dumps(session_id).decode() == app.cookies["session"]
+    other = webtest.TestApp(app.app)
+    other.set_cookie("session", upstream.dumps(session_id).decode())
+    assert other.get("/get").json == {"value": "shared", "new": False}
+
+
 # ------------------------------------------------------------------ conformance and values
 
 

@@ -28,6 +28,8 @@ these differences:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import functools
 import hashlib
@@ -361,6 +363,31 @@ def _check_shape(data: Any) -> dict[str, Any]:
     ):
         raise ValueError("not a session payload")
     return data
+
+
+class _CookieSigner(SignedSerializer):  # type: ignore[misc]  # webob is untyped
+    """webob's ``SignedSerializer``, giving and accepting the very same cookies, faster.
+
+    webob hands ``hmac.new`` a lambda as the digest, which makes Python compute the HMAC
+    in pure Python for every request that carries a cookie; :func:`hmac.digest` with the
+    algorithm's name is one call into OpenSSL.
+    """
+
+    def dumps(self, appstruct: Any) -> bytes:
+        cstruct: bytes = self.serializer.dumps(appstruct)
+        sig = hmac.digest(self.salted_secret, cstruct, self.hashalg)
+        return base64.urlsafe_b64encode(sig + cstruct).rstrip(b"=")
+
+    def loads(self, bstruct: bytes) -> Any:
+        try:
+            fstruct = base64.urlsafe_b64decode(bstruct + b"=" * (-len(bstruct) % 4))
+        except (binascii.Error, TypeError) as exc:
+            raise ValueError(f"badly formed base64 data: {exc}") from None
+        sig, cstruct = fstruct[: self.digest_size], fstruct[self.digest_size :]
+        expected = hmac.digest(self.salted_secret, cstruct, self.hashalg)
+        if not hmac.compare_digest(sig, expected):
+            raise ValueError("invalid signature")
+        return self.serializer.loads(cstruct)
 
 
 # --------------------------------------------------------------------------- session
@@ -755,7 +782,7 @@ class TransientSessionFactory:
         mac_key = hashlib.sha256(b"pyramid_transient.sessions\x00" + secret.encode()).digest()
         # Keyed once; each seal copies it (cheaper than keying a new HMAC every time).
         self._mac = hmac.new(mac_key, digestmod=hashlib.sha256)
-        self._cookie_signer = cookie_signer or SignedSerializer(
+        self._cookie_signer = cookie_signer or _CookieSigner(
             secret, _COOKIE_SALT, "sha512", serializer=_StringSerializer()
         )
         self._cookie_name = cookie_name
