@@ -71,3 +71,9 @@ def test_data_lives_in_the_store_database_under_the_app_prefix(
     key = manager.keyspace("store").tagged("demo", "data")
     assert key.startswith(app_settings["transient.key_prefix"] + ":store:")
     assert manager.get("store").hgetall(key) == {b"cart.": b"1"}
+
+
+def test_an_infinite_expiry_is_a_400_naming_it(testapp: Any) -> None:
+    response = post(testapp, action="set", path="a", value="1", expire="inf")
+    assert response.status_int == 400
+    assert "not inf" in response.html.find(id="error").text
