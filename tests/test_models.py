@@ -202,6 +202,42 @@ def test_key_parts_with_separators_stay_distinct(m: SimpleNamespace) -> None:
     assert m.Member.get(("a", "b:c")).login == "b:c"
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_none_and_the_text_null_are_distinct_key_parts(
+    transient_manager: RedisManager, layout: str
+) -> None:
+    class Seat(RedisModel):
+        __layout__ = layout
+        __unique_together__ = ("room", "row")
+        room: str | None
+        row: int
+        label: str = ""
+
+    Seat.bind(transient_manager)
+    Seat(room=None, row=1, label="unassigned").save()
+    Seat(room="null", row=1, label="room null").save()
+    assert Seat.count() == 2
+    assert Seat.get((None, 1)).label == "unassigned"
+    assert Seat.get(("null", 1)).label == "room null"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_int_and_text_ids_of_a_union_field_are_distinct_keys(
+    transient_manager: RedisManager, layout: str
+) -> None:
+    class Ticket(RedisModel):
+        __layout__ = layout
+        id: int | str
+        label: str = ""
+
+    Ticket.bind(transient_manager)
+    Ticket(id=1, label="number").save()
+    Ticket(id="1", label="text").save()
+    assert Ticket.count() == 2
+    assert Ticket.get(1).label == "number"
+    assert Ticket.get("1").label == "text"
+
+
 def test_get_of_a_missing_key_raises_not_found_which_is_a_key_error(m: SimpleNamespace) -> None:
     with pytest.raises(NotFound) as info:
         m.User.get(99)

@@ -449,6 +449,9 @@ class _Meta:
     layout: str
     expire_ms: int | None
     pk_fields: tuple[str, ...]
+    #: Per primary-key field: whether its text values are JSON-quoted in the key (fields
+    #: whose values are not all of one class, e.g. ``int | str``, where 1 and "1" differ).
+    pk_json: tuple[bool, ...]
     indexes: tuple[_Index, ...]
     index_by_field: dict[str, _Index]
     strict: bool
@@ -686,6 +689,7 @@ class RedisModel(BaseModel):
             layout=layout,
             expire_ms=_expire_ms(name, cls.__expire__),
             pk_fields=pk_fields,
+            pk_json=tuple(not isinstance(_strip(fields[f].annotation), type) for f in pk_fields),
             indexes=tuple(indexes),
             index_by_field={i.field: i for i in indexes},
             strict=bool(cls.__strict__),
@@ -776,9 +780,15 @@ class RedisModel(BaseModel):
     def _pk_text(cls, values: Sequence[Any]) -> str:
         meta = cls.__transient_meta__
         parts = []
-        for field, value in zip(meta.pk_fields, values, strict=True):
+        for field, value, as_json in zip(meta.pk_fields, values, meta.pk_json, strict=True):
+            if value is None:
+                parts.append("%")  # quote() never makes a lone "%": no value's text is this
+                continue
             plain = meta.adapters[field].dump_python(value, mode="json")
-            text = plain if isinstance(plain, str) else json.dumps(plain, separators=(",", ":"))
+            if isinstance(plain, str) and not as_json:
+                text = plain
+            else:
+                text = json.dumps(plain, separators=(",", ":"), ensure_ascii=False)
             parts.append(quote(text))
         return ":".join(parts)
 
