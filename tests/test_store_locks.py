@@ -348,3 +348,27 @@ def test_memory_backend_lock_excludes_and_times_out(transient_memory: RedisManag
             lambda: section("s", redis=transient_memory, lock_acquire_timeout=0.05).acquire()
         )
     assert isinstance(error, LockTimeout)
+
+
+def test_threads_sharing_a_proxy_share_its_lock_object(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A module-level proxy used by many threads: the Lock made at first use must be one
+    # object, or a thread's hold is tracked on a Lock the proxy no longer uses and its
+    # writes go out without the lost-lock check.
+    shared = section("s", redis=client).get("doc")
+    make = Lock._from_binding.__func__  # type: ignore[attr-defined]
+
+    def slow_make(cls: Any, *args: Any) -> Lock:
+        time.sleep(0.05)  # widen the window between "no lock yet" and "lock set"
+        return make(cls, *args)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Lock, "_from_binding", classmethod(slow_make))
+    seen: list[Lock] = []
+    threads = [threading.Thread(target=lambda: seen.append(shared.lock)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert len(seen) == 2
+    assert seen[0] is seen[1] is shared.lock

@@ -928,6 +928,8 @@ class Lock:
 
 # ---------------------------------------------------------------------- the proxy
 
+_LOCK_CREATION = threading.Lock()
+
 
 class Proxy:
     """A node of the store at a dotted path.
@@ -1180,7 +1182,11 @@ class Proxy:
         if self._lock_ is None:
             if not self._path:
                 raise ValueError("the root cannot be locked: lock a section or a path below")
-            self._lock_ = Lock._from_binding(self._binding, self._path)
+            # Module-level proxies are shared by threads: one Lock object, or a thread's
+            # hold would be counted on a Lock the proxy no longer uses (and unguarded).
+            with _LOCK_CREATION:
+                if self._lock_ is None:
+                    self._lock_ = Lock._from_binding(self._binding, self._path)
         return self._lock_
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> int:
