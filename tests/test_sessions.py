@@ -560,6 +560,68 @@ def test_invalidation_is_one_delete(counting_app: webtest.TestApp, round_trips: 
     assert rt.commands == ["GETEX", "DEL"]
 
 
+def test_nested_change_is_detected_and_saved_in_one_round_trip(
+    settings: dict[str, Any], round_trips: Any
+) -> None:
+    def start(request: Any) -> dict[str, Any]:
+        request.session["cart"] = []
+        return {}
+
+    def add(request: Any) -> dict[str, Any]:
+        request.session.get("cart").append("book")  # no assignment: found by comparison
+        return {}
+
+    def show(request: Any) -> dict[str, Any]:
+        return {"cart": request.session.get("cart")}
+
+    app = build(settings, {"/start": start, "/add": add, "/show": show})
+    warm(app)
+    app.get("/start")
+    with round_trips() as rt:
+        app.get("/add")
+    assert rt.commands == ["GETEX", "SET"]
+    assert app.get("/show").json == {"cart": ["book"]}
+
+
+def test_unchanged_session_larger_than_a_lowered_max_bytes_is_still_read(
+    settings: dict[str, Any],
+) -> None:
+    app = build(settings, BASIC)
+    app.get("/set", {"v": "x" * 400})
+    smaller = build({**settings, "transient.sessions.max_bytes": "256"}, BASIC)
+    smaller.set_cookie("session", app.cookies["session"])
+    assert smaller.get("/get").json == {"value": "x" * 400, "new": False}
+
+
+def test_timeout_trigger_rewrites_the_payload_only_near_expiry(
+    settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch, round_trips: Any
+) -> None:
+    import pyramid_session_redis.session as upstream_session
+    import pyramid_session_redis.util as upstream_util
+
+    app = build(
+        {**settings, "redis.sessions.timeout": "60", "redis.sessions.timeout_trigger": "30"},
+        BASIC,
+    )
+    warm(app)
+    now = upstream_util.int_time()
+    for module in (upstream_session, upstream_util):
+        monkeypatch.setattr(module, "int_time", lambda: now)
+    app.get("/set")
+    for module in (upstream_session, upstream_util):
+        monkeypatch.setattr(module, "int_time", lambda: now + 10)
+    with round_trips() as early:
+        assert app.get("/get").json == {"value": "x", "new": False}
+    for module in (upstream_session, upstream_util):
+        monkeypatch.setattr(module, "int_time", lambda: now + 40)
+    with round_trips() as late:
+        assert app.get("/get").json == {"value": "x", "new": False}
+    for module in (upstream_session, upstream_util):
+        monkeypatch.setattr(module, "int_time", lambda: now + 90)  # 50 s after the rewrite
+    assert app.get("/get").json == {"value": "x", "new": False}
+    assert (early.commands, late.commands) == (["GET", "EXPIRE"], ["GET", "SET"])
+
+
 def test_readheavy_off_refreshes_the_ttl_with_an_expire_at_the_end(
     settings: dict[str, Any], transient_manager: RedisManager, round_trips: Any
 ) -> None:

@@ -54,7 +54,7 @@ from pyramid_session_redis.exceptions import (
     InvalidSession_PayloadLegacy,
     InvalidSession_PayloadTimeout,
 )
-from pyramid_session_redis.session import RedisSession, hashed_value
+from pyramid_session_redis.session import RedisSession
 from pyramid_session_redis.util import (
     LazyCreateSession,
     _generate_session_id,
@@ -418,6 +418,8 @@ class TransientSession(RedisSession):
         self._refreshed = False
         #: The load's GETEX gave the factory's timeout to a session that has its own.
         self._ttl_differs = False
+        #: ``(session id, its Redis key)``: see :meth:`_key`.
+        self._key_of: tuple[Any, str] | None = None
         #: What the save will write, decided once by :meth:`_prepare`.
         self._prepared: tuple[bytes | None, int | None] | None = None
         super().__init__(
@@ -445,8 +447,7 @@ class TransientSession(RedisSession):
         if sid is LazyCreateSession:
             raise InvalidSession_Lazycreate("`session_id` is LazyCreateSession")
         factory = self._factory
-        key = factory.key(sid)
-        shown = factory.redact(key)
+        key = self._key(sid)
         try:
             if factory.refresh_on_load:
                 raw = self.redis.getex(key, ex=self._timeout)
@@ -455,16 +456,20 @@ class TransientSession(RedisSession):
                 raw = self.redis.get(key)
         except redis.RedisError as exc:
             raise SessionUnavailable(
-                f"the session store is unreachable while loading session key {shown!r}: {exc}"
+                "the session store is unreachable while loading session key "
+                f"{factory.redact(key)!r}: {exc}"
             ) from exc
         if raw is None:
-            raise InvalidSession_NotInBackend(f"session key {shown!r} is not in Redis")
+            raise InvalidSession_NotInBackend(
+                f"session key {factory.redact(key)!r} is not in Redis"
+            )
         if isinstance(raw, str):  # a client_callable's client may decode responses
             raw = raw.encode("utf-8", "surrogateescape")
         payload = factory.unseal(key, raw)
         try:
             data = _check_shape(self.deserialize(payload))
         except Exception as exc:
+            shown = factory.redact(key)
             log.warning("session key %r holds a payload that does not decode (%s)", shown, exc)
             raise InvalidSession_DeserializationError(f"session key {shown!r} is corrupt") from exc
         if self._refreshed and data.get("t") != self._timeout:
@@ -473,7 +478,9 @@ class TransientSession(RedisSession):
             self._refreshed = False
             self._ttl_differs = True
         if persisted_hash is True:
-            return (data, hashed_value(payload))
+            # Kept whole rather than as pyramid_session_redis's MD5 of it: comparing the
+            # bytes at the end of the request is cheaper than hashing twice.
+            return (data, payload)
         if persisted_hash is False:
             return (data, None)
         return data
@@ -509,13 +516,15 @@ class TransientSession(RedisSession):
         :class:`~pyramid_transient.exceptions.SessionTooLarge` beyond
         ``transient.sessions.max_bytes``.
         """
+        return self._checked_size(self._encoded())
+
+    def _encoded(self) -> bytes:
         try:
-            data = self.to_redis()
+            return self.to_redis()
         except TypeError as exc:
             for key, value in self.managed_dict.items():
                 self._check_value(key, value)
             raise TypeError(f"the session cannot be stored: {exc}") from None
-        return self._checked_size(data)
 
     def _checked_size(self, data: bytes) -> bytes:
         limit = self._factory.max_bytes
@@ -564,8 +573,16 @@ class TransientSession(RedisSession):
 
     # ------------------------------------------------------------------ saving
 
+    def _key(self, session_id: Any = None) -> str:
+        """The Redis key of ``session_id`` (the current id by default), built once per id."""
+        sid = self.session_id if session_id is None else session_id
+        cached = self._key_of
+        if cached is None or cached[0] != sid:
+            cached = self._key_of = (sid, self._factory.key(sid))
+        return cached[1]
+
     def _write_command(self, pipe: Any, payload: bytes) -> None:
-        key = self._factory.key(self.session_id)
+        key = self._key()
         sealed = self._factory.seal(key, payload)
         if self.timeout is not None and self._set_redis_ttl:
             pipe.set(key, sealed, ex=self.timeout)
@@ -598,7 +615,7 @@ class TransientSession(RedisSession):
         if payload is not None:
             self._write_command(target, payload)
         if expire is not None:
-            target.expire(self._factory.key(self.session_id), expire)
+            target.expire(self._key(), expire)
         for key in doomed:  # one DEL each: on a Cluster the keys may be on other nodes
             target.delete(key)
         if commands > 1:
@@ -616,12 +633,7 @@ class TransientSession(RedisSession):
                 if state.managed_dict or not state.new:
                     payload = self.payload()
             elif self.session_id_safecheck:
-                try:
-                    changed = state.should_persist(self)
-                except TypeError:
-                    changed = self.payload()  # raises, naming the key
-                if changed:
-                    payload = self._checked_size(changed)
+                payload = self._changed_payload(state)
         if payload is not None:
             self.ensure_id()
             return payload, None
@@ -635,6 +647,26 @@ class TransientSession(RedisSession):
         ):
             return None, self.timeout
         return None, None
+
+    def _changed_payload(self, state: Any) -> bytes | None:
+        """The payload if the session differs from what was loaded, else ``None``.
+
+        pyramid_session_redis's ``should_persist``, comparing the loaded bytes rather than
+        MD5 digests of them; the size limit applies only to a payload that will be saved.
+        """
+        if (
+            state.expires
+            and self._timeout_trigger
+            and self.timestamp >= state.expires - self._timeout_trigger
+        ):
+            state.please_persist = True
+            return self.payload()
+        if not self._detect_changes:
+            return None
+        encoded = self._encoded()
+        if encoded == state.persisted_hash:
+            return None
+        return self._checked_size(encoded)
 
     def _deferred_callback(self, request: Any) -> None:
         """Finished callback: save once, if the request produced a response to keep."""
@@ -833,6 +865,7 @@ class TransientSessionFactory:
         self._own_socket_timeout = redis_socket_timeout
         self._own_client: redis.Redis | None = None
         self._binding: Binding | None = None
+        self._key_head: str | None = None
 
     # ------------------------------------------------------------------ parts
 
@@ -858,7 +891,10 @@ class TransientSessionFactory:
 
     def key(self, session_id: Any) -> str:
         """The Redis key of ``session_id``: ``{key_prefix}:session:{id}``."""
-        return self.keyspace.key(quote(str(session_id)))
+        head = self._key_head
+        if head is None:
+            head = self._key_head = self.keyspace.key("")
+        return head + quote(str(session_id))
 
     def redact(self, key: str) -> str:
         """``key`` with most of its session id hidden, for logs and error messages."""
