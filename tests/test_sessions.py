@@ -16,6 +16,7 @@ from pyramid.interfaces import ISession, ISessionFactory
 from pyramid_retry import RetryableException
 from zope.interface.verify import verifyObject
 
+from pyramid_transient import codec
 from pyramid_transient.connection import RedisManager, get_manager
 from pyramid_transient.exceptions import ConfigurationError, SessionTooLarge
 from pyramid_transient.sessions import (
@@ -690,6 +691,23 @@ def test_verified_payload_of_the_wrong_shape_gives_a_fresh_session(
     transient_manager.get("sessions").set(
         key, factory.seal(key.decode(), b'["not", "a", "session"]')
     )
+    assert app.get("/get").json == {"value": None, "new": True}
+
+
+@pytest.mark.parametrize("field", ["t", "x"])
+def test_verified_payload_with_a_non_integer_timeout_gives_a_fresh_session(
+    settings: dict[str, Any], transient_manager: RedisManager, field: str
+) -> None:
+    app = build(
+        {**settings, "redis.sessions.python_expires": "true", "redis.sessions.timeout": "60"},
+        BASIC,
+    )
+    app.get("/set", {"v": "real"})
+    (key,) = keys(transient_manager)
+    factory = app.app.registry.queryUtility(ISessionFactory)
+    payload = {"m": {"value": "real"}, "c": 1, "v": 1, "t": 60, "x": 2**40, field: "soon"}
+    sealed = factory.seal(key.decode(), codec.encode(payload))
+    transient_manager.get("sessions").set(key, sealed)
     assert app.get("/get").json == {"value": None, "new": True}
 
 

@@ -355,11 +355,14 @@ def _pickle_loads(raw: bytes) -> dict[str, Any]:
 
 
 def _check_shape(data: Any) -> dict[str, Any]:
+    # pyramid_session_redis does arithmetic on "c", "t" (timeout) and "x" (expiry stamp).
     if (
         not isinstance(data, dict)
         or not isinstance(data.get("m"), dict)
         or not isinstance(data.get("c"), int)
         or not isinstance(data.get("v"), int)
+        or not isinstance(data.get("t", 0) or 0, int)
+        or not isinstance(data.get("x", 0) or 0, int)
     ):
         raise ValueError("not a session payload")
     return data
