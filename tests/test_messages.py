@@ -130,6 +130,12 @@ def test_text_must_be_a_string(request_: Request) -> None:
         flash(request_, 42)  # type: ignore[arg-type]
 
 
+def test_msg_id_must_be_a_string(request_: Request) -> None:
+    with pytest.raises(TypeError, match="msg_id must be a str or None, not int"):
+        flash(request_, "x", msg_id=7)  # type: ignore[arg-type]
+    assert peek_messages(request_) == []
+
+
 def test_extra_the_codec_cannot_store_is_refused(request_: Request) -> None:
     with pytest.raises(TypeError):
         flash(request_, "x", extra={"when": object()})

@@ -174,11 +174,14 @@ def flash(
     value is then ``True`` (decided at commit).
 
     Raises :class:`~pyramid_transient.exceptions.UnknownMessageKind` for a kind not in
-    ``transient.messages.kinds`` and :class:`TypeError` for text that is not a string or
-    an ``extra`` the codec cannot store.
+    ``transient.messages.kinds`` and :class:`TypeError` for text or a ``msg_id`` that is
+    not a string, or an ``extra`` the codec cannot store.
     """
     if not isinstance(text, str):
         raise TypeError(f"flash message text must be a str, not {type(text).__name__}")
+    if msg_id is not None and not isinstance(msg_id, str):
+        # Stored otherwise, it would come back as None and defeat de-duplication.
+        raise TypeError(f"flash message msg_id must be a str or None, not {type(msg_id).__name__}")
     _check_kind(request, kind)
     if extra is not None:
         codec.check(dict(extra))
