@@ -291,6 +291,31 @@ def test_session_larger_than_max_bytes_is_refused_during_the_request(
     assert keys(transient_manager) == []
 
 
+def test_on_commit_flash_that_overflows_max_bytes_is_logged_not_raised_after_the_commit(
+    settings: dict[str, Any],
+    recorder: type[_Recorder],
+    transient_manager: RedisManager,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from pyramid_transient.messages import flash
+
+    def view(request: Any) -> dict[str, Any]:
+        request.tm.get().join(recorder(request.tm))
+        request.session["kept"] = "x" * 150
+        flash(request, "y" * 150, on_commit=True)  # fits only before the commit
+        return {}
+
+    app = build({**settings, "transient.sessions.max_bytes": "256"}, {"/": view}, "pyramid_tm")
+    with caplog.at_level(logging.ERROR, logger="pyramid_transient.sessions"):
+        assert app.get("/").status_int == 200  # the database committed: no error page
+    assert recorder.committed is True
+    assert "transient.sessions.max_bytes" in caplog.text
+    (key,) = keys(transient_manager)
+    saved = transient_manager.get("sessions").get(key) or b""
+    assert b'"kept":"' in saved  # as it was at the commit, without the late message
+    assert b"yyy" not in saved
+
+
 def test_session_too_large_without_pyramid_tm_is_refused_before_the_response(
     settings: dict[str, Any], transient_manager: RedisManager
 ) -> None:

@@ -423,6 +423,8 @@ class TransientSession(RedisSession):
         self._ttl_differs = False
         #: ``(session id, its Redis key)``: see :meth:`_key`.
         self._key_of: tuple[Any, str] | None = None
+        #: The request's transaction (pyramid_tm) has committed.
+        self._committed = False
         #: What the save will write, decided once by :meth:`_prepare`.
         self._prepared: tuple[bytes | None, int | None] | None = None
         super().__init__(
@@ -702,6 +704,9 @@ class TransientSession(RedisSession):
         # Runs inside pyramid_tm's commit: an error aborts the SQL transaction.
         self._prepare()
 
+    def _after_commit(self, committed: bool) -> None:
+        self._committed = committed
+
     def _on_response(
         self, request: Any, response: Any, *, cookie_was_valid: bool, **cookie_options: Any
     ) -> None:
@@ -710,8 +715,26 @@ class TransientSession(RedisSession):
         )
         alive = "_session_state" in self.__dict__
         if self._prepared is None or (alive and self._session_state.please_persist):
-            self._prepare()
+            if self._committed and self._prepared is not None:
+                self._prepare_after_commit()
+            else:
+                self._prepare()
         self._responded = True
+
+    def _prepare_after_commit(self) -> None:
+        # Changed after the database committed (an on_commit flash): raising now would
+        # turn a committed request into an error page, so a change that cannot be saved
+        # is logged and the session is saved as it was prepared at the commit.
+        try:
+            self._prepare()
+        except (TypeError, TransientError) as exc:
+            if "_session_state" in self.__dict__:
+                self._session_state.please_persist = False
+            log.error(
+                "the session's changes made after the transaction committed are not saved "
+                "(it is saved as it was at the commit): %s",
+                exc,
+            )
 
 
 _DISCARD_REASONS: dict[type[InvalidSession], str] = {
@@ -1024,6 +1047,7 @@ def _join_transaction(request: Any, session: TransientSession) -> None:
     except Exception:  # NoTransaction: the app ended pyramid_tm's transaction itself
         return
     txn.addBeforeCommitHook(session._before_commit)
+    txn.addAfterCommitHook(session._after_commit)
 
 
 def _own_url(
