@@ -93,6 +93,15 @@ def test_html_message_is_rendered_as_html(testapp: webtest.TestApp) -> None:
     assert shown(testapp) == ["<em>yes</em>"]
 
 
+def test_unknown_kind_is_a_bad_request_naming_it(testapp: webtest.TestApp) -> None:
+    token = state(testapp)["csrf_token"]
+    res = testapp.post(
+        "/sessions/flash", {"csrf_token": token, "text": "x", "kind": "bogus"}, status=400
+    )
+    assert "'bogus'" in res.text
+    assert shown(testapp) == []
+
+
 # ------------------------------------------------------------------ CSRF
 
 

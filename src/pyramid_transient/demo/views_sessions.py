@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyramid.httpexceptions import HTTPSeeOther
+from pyramid.httpexceptions import HTTPBadRequest, HTTPSeeOther
 from pyramid.response import Response
 
-from ..exceptions import SessionUnavailable
+from ..exceptions import SessionUnavailable, UnknownMessageKind
 from ..messages import flash, message_kinds, peek_messages, pop_messages, render_messages
 from ..sessions import rotate_session
 
@@ -52,14 +52,17 @@ def increment(request: Any) -> HTTPSeeOther:
 
 def add_message(request: Any) -> HTTPSeeOther:
     params = request.POST
-    flash(
-        request,
-        params.get("text", ""),
-        params.get("kind", "info"),
-        msg_id=params.get("msg_id") or None,
-        html=bool(params.get("html")),
-        on_commit=bool(params.get("on_commit")),
-    )
+    try:
+        flash(
+            request,
+            params.get("text", ""),
+            params.get("kind", "info"),
+            msg_id=params.get("msg_id") or None,
+            html=bool(params.get("html")),
+            on_commit=bool(params.get("on_commit")),
+        )
+    except UnknownMessageKind as exc:  # the form offers only known kinds; a crafted POST
+        raise HTTPBadRequest(str(exc)) from exc
     if params.get("abort"):
         # The view succeeds but its transaction is rolled back: on_commit messages vanish.
         request.tm.doom()
