@@ -143,6 +143,24 @@ def test_websauna_client_callable_is_translated_and_used(
     assert len(keys(transient_manager)) == 1
 
 
+def test_client_that_decodes_responses_is_a_clear_error(
+    settings: dict[str, Any], transient_manager: RedisManager
+) -> None:
+    kwargs = transient_manager.get("sessions").connection_pool.connection_kwargs
+    decoding = redis.Redis(
+        host=kwargs["host"], port=kwargs["port"], db=kwargs["db"], decode_responses=True
+    )
+
+    def client_callable(request: Any, **options: Any) -> redis.Redis:
+        return decoding
+
+    app = build({**settings, "redis.sessions.redis_client_callable": client_callable}, BASIC)
+    app.get("/set")
+    with pytest.raises(ConfigurationError, match="decode_responses"):
+        app.get("/get")
+    decoding.close()
+
+
 def test_legacy_and_modern_names_together_are_an_error() -> None:
     with (
         pytest.warns(DeprecationWarning),

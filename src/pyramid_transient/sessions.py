@@ -464,11 +464,20 @@ class TransientSession(RedisSession):
                 "the session store is unreachable while loading session key "
                 f"{factory.redact(key)!r}: {exc}"
             ) from exc
+        except UnicodeDecodeError as exc:
+            # Payloads start with a binary HMAC, which a decoding client cannot return.
+            raise ConfigurationError(
+                "the session client decodes responses (decode_responses=True), so it "
+                "cannot read session payloads; have redis.sessions.redis_client_callable "
+                "return a client without decode_responses",
+                key=PREFIX + "redis_client_callable",
+                value=factory._client_callable,
+            ) from exc
         if raw is None:
             raise InvalidSession_NotInBackend(
                 f"session key {factory.redact(key)!r} is not in Redis"
             )
-        if isinstance(raw, str):  # a client_callable's client may decode responses
+        if isinstance(raw, str):  # decoded by a client with encoding_errors=surrogateescape
             raw = raw.encode("utf-8", "surrogateescape")
         payload = factory.unseal(key, raw)
         try:
