@@ -137,7 +137,7 @@ def test_msg_id_must_be_a_string(request_: Request) -> None:
 
 
 def test_extra_the_codec_cannot_store_is_refused(request_: Request) -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"flash message extra .* builtins\.object"):
         flash(request_, "x", extra={"when": object()})
 
 

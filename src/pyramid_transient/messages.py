@@ -184,7 +184,10 @@ def flash(
         raise TypeError(f"flash message msg_id must be a str or None, not {type(msg_id).__name__}")
     _check_kind(request, kind)
     if extra is not None:
-        codec.check(dict(extra))
+        try:
+            codec.check(dict(extra))
+        except TypeError as exc:
+            raise TypeError(f"flash message extra cannot be stored: {exc}") from None
     message = Message(
         text, kind, msg_id, html, MappingProxyType(dict(extra)) if extra else MappingProxyType({})
     )
