@@ -458,3 +458,50 @@ def test_cache_key_never_raises_on_a_redis_error_it_can_answer(
 
     monkeypatch.setattr(generator.store, "digest", broken)
     assert generator(row_identity("t", 1)) != generator(row_identity("t", 1))
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+class _RunsOnUnpickle:
+    """Unpickling this calls :func:`_unpickled`: evidence that a payload was unpickled."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_unpickled, ())
+
+
+UNPICKLED: list[bool] = []
+
+
+def _unpickled() -> str:
+    UNPICKLED.append(True)
+    return "executed"
+
+
+def test_a_region_configured_directly_on_our_backend_never_pickles(
+    transient_manager: RedisManager,
+) -> None:
+    import pickle
+
+    from dogpile.cache.api import NO_VALUE
+    from dogpile.cache.region import CacheRegion
+
+    # No serializer given: dogpile would take the backend's (pickle, for RedisBackend).
+    region = CacheRegion().configure(
+        cache.BACKEND,
+        arguments={
+            "client": transient_manager.get("cache"),
+            "keyspace": transient_manager.keyspace("cache"),
+            "region": "direct",
+            "lock_timeout": 5,
+        },
+    )
+    region.set("k", {"when": dt.date(2024, 1, 2)})
+    raw = region.backend.writer_client.get(region.backend.key_mangler("k"))
+    assert raw.split(b"|", 1)[1] == b'{"when":{"__t__":"date","v":"2024-01-02"}}'
+    assert region.get("k") == {"when": dt.date(2024, 1, 2)}
+    metadata = raw.split(b"|", 1)[0]
+    hostile = metadata + b"|" + pickle.dumps(_RunsOnUnpickle())
+    region.backend.writer_client.set(region.backend.key_mangler("k"), hostile)
+    assert region.get("k") is NO_VALUE
+    assert UNPICKLED == []

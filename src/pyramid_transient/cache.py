@@ -233,7 +233,15 @@ class TransientRedisBackend(RedisBackend):
     ``lock_timeout`` (seconds; required: a fill lock always expires) and
     ``redis_expiration_time``. Multi-key operations are pipelines of single-key commands,
     so they are legal on a Cluster.
+
+    Values are encoded with :mod:`pyramid_transient.codec` even in a region configured
+    without a serializer (dogpile's Redis backend would pickle them, and unpickle whatever
+    it reads back).
     """
+
+    # A region takes the backend's (de)serializer when it is given none: never pickle.
+    serializer = staticmethod(codec.encode)
+    deserializer = staticmethod(_deserialize)
 
     def __init__(self, arguments: dict[str, Any]) -> None:
         arguments = dict(arguments)
