@@ -505,3 +505,30 @@ def test_a_region_configured_directly_on_our_backend_never_pickles(
     region.backend.writer_client.set(region.backend.key_mangler("k"), hostile)
     assert region.get("k") is NO_VALUE
     assert UNPICKLED == []
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b'{}|"x"',  # no metadata fields
+        b'{"ct": "x", "v": 2}|"x"',  # creation time not a number
+        b'{"ct": null, "v": 2}|"x"',
+        b'{"ct": 1e400, "v": 2}|"x"',  # infinite: never expires
+        b'{"ct": true, "v": 2}|"x"',
+        b"[" * 100_000 + b'|"x"',  # nested too deep for the JSON parser
+    ],
+    ids=["empty", "ct str", "ct null", "ct inf", "ct bool", "deep"],
+)
+def test_a_region_entry_with_corrupt_metadata_is_a_miss(
+    garbage: bytes, regions: dict[str, TransientRegion], caplog: pytest.LogCaptureFixture
+) -> None:
+    from dogpile.cache.api import NO_VALUE
+
+    region = regions["pages"]
+    key = region.backend.key_mangler("k")
+    with caplog.at_level(logging.WARNING):
+        region.backend.writer_client.set(key, garbage)
+        assert region.get("k") is NO_VALUE
+        assert region.get_multi(["k"]) == [NO_VALUE]
+        assert region.get_or_create("k", lambda: "fresh") == "fresh"
+    assert "corrupt" in caplog.text

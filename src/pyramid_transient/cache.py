@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import secrets
 import threading
 import time
@@ -297,13 +298,20 @@ class TransientRedisBackend(RedisBackend):
 
     @staticmethod
     def _checked(key: str, value: Any) -> Any:
-        # dogpile parses the metadata before our deserializer runs: check it here so a
-        # corrupt entry is a miss, not an error.
+        # dogpile parses the metadata before our deserializer runs, and then does
+        # arithmetic on its creation time: check both here so a corrupt entry is a miss,
+        # not an error (or, with an infinite time, a value that never expires).
         metadata, sep, _ = value.partition(b"|")
         try:
-            if not sep or not isinstance(json.loads(metadata), dict):
+            if not sep:
                 raise ValueError("no metadata")
-        except ValueError as exc:
+            parsed = json.loads(metadata)
+            if not isinstance(parsed, dict) or "v" not in parsed:
+                raise ValueError("metadata is not a dict with a version")
+            created: Any = parsed.get("ct")
+            if type(created) not in (int, float) or not math.isfinite(created):
+                raise ValueError(f"creation time {created!r} is not a finite number")
+        except (ValueError, RecursionError) as exc:
             log.warning("ignoring a corrupt cache entry %r (treated as missing): %s", key, exc)
             return NO_VALUE
         return value
