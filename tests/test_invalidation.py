@@ -90,6 +90,13 @@ class Pair(Base):
     label: Mapped[str] = mapped_column(String(50))
 
 
+class Renamed(Base):
+    __tablename__ = f"ck_renamed_{SUFFIX}"
+    # The attribute and its column are named differently.
+    id: Mapped[int] = mapped_column("renamed_id", Integer, primary_key=True)
+    label: Mapped[str] = mapped_column(String(50))
+
+
 class Author(Base):
     __tablename__ = f"ck_authors_{SUFFIX}"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -414,6 +421,21 @@ def test_bulk_update_by_primary_key_changes_those_rows(
         session.execute(update(Item), [{"id": 1, "name": "by pk"}])
         session.commit()
     after = tokens(transient_manager, items[0], items[1])
+    assert after[0] != before[0] and after[1] == before[1]
+
+
+def test_bulk_update_by_primary_key_names_rows_by_attribute(
+    factory: Any, listener: Any, transient_manager: RedisManager
+) -> None:
+    with factory() as session:
+        rows = [Renamed(id=1, label="a"), Renamed(id=2, label="b")]
+        session.add_all(rows)
+        session.commit()
+    before = tokens(transient_manager, *rows)
+    with factory() as session:
+        session.execute(update(Renamed), [{"id": 1, "label": "by pk"}])
+        session.commit()
+    after = tokens(transient_manager, *rows)
     assert after[0] != before[0] and after[1] == before[1]
 
 

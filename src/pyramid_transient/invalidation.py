@@ -703,7 +703,9 @@ class InvalidationListener:
             found.update(info.tables)
             params = state.parameters
             if isinstance(params, list):
-                keys = [c.key for c in mapper.primary_key]
+                # Bulk by primary key: the parameters are named after the attributes,
+                # which may differ from the columns' names.
+                keys = [mapper.get_property_by_column(c).key for c in mapper.primary_key]
                 for row in params:
                     if isinstance(row, dict) and all(k in row for k in keys):
                         found.add(info.row([row[k] for k in keys]))
