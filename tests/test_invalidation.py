@@ -598,6 +598,24 @@ def test_registering_again_replaces_the_listener(
         listener.remove()
 
 
+def test_a_registered_session_is_not_kept_alive(
+    engine: Any, transient_manager: RedisManager
+) -> None:
+    # register(session) per request, as with zope.sqlalchemy: each must be freed after.
+    import gc
+    import weakref
+
+    refs = []
+    for _ in range(3):
+        session = Session(engine)
+        register(session, transient_manager)
+        refs.append(weakref.ref(session))
+        session.close()
+        del session
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None, None]
+
+
 def test_without_a_client_the_running_apps_manager_is_used(
     factory: Any, items: list[Item], transient_settings: dict[str, Any]
 ) -> None:

@@ -772,7 +772,10 @@ class InvalidationListener:
                 del _REGISTERED[id(self.target)]
 
 
-_REGISTERED: dict[int, InvalidationListener] = {}
+# The listener of each target, to replace it on a second register(). Held weakly: SQLAlchemy
+# keeps a listener alive as long as its target, and a session registered per request
+# (as with zope.sqlalchemy) must not be kept alive, with its identity map, by this table.
+_REGISTERED: weakref.WeakValueDictionary[int, InvalidationListener] = weakref.WeakValueDictionary()
 _REGISTERED_LOCK = threading.Lock()
 
 
