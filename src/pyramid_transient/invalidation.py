@@ -53,6 +53,7 @@ from typing import Any, cast
 import redis
 
 from .keys import KeySpace, quote
+from .lua import ScriptSet
 
 log = logging.getLogger(__name__)
 
@@ -286,18 +287,8 @@ def identities_of(obj: Any) -> tuple[Identity, ...]:
 # --------------------------------------------------------------------------- token store
 
 
-_SCRIPTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-_SCRIPTS_LOCK = threading.Lock()
-
-
-def _script(client: Any) -> Any:
-    script = _SCRIPTS.get(client)
-    if script is None:
-        with _SCRIPTS_LOCK:
-            script = _SCRIPTS.get(client)
-            if script is None:
-                script = _SCRIPTS[client] = client.register_script(TOKENS_SCRIPT)
-    return script
+#: This module's Lua, registered once per client.
+SCRIPTS = ScriptSet(tokens=TOKENS_SCRIPT)
 
 
 def _delete(client: Any, keys: Sequence[str]) -> None:
@@ -478,7 +469,7 @@ class TokenStore:
                 return _sha1(token) if digest else [token]
         keys = [self.key(i) for i in identities]
         try:
-            result = _script(self.client)(
+            result = SCRIPTS.on(self.client)["tokens"](
                 keys=[*retried, *keys],
                 args=[
                     len(retried),
