@@ -532,3 +532,25 @@ def test_a_region_entry_with_corrupt_metadata_is_a_miss(
         assert region.get_multi(["k"]) == [NO_VALUE]
         assert region.get_or_create("k", lambda: "fresh") == "fresh"
     assert "corrupt" in caplog.text
+
+
+def _dead_cluster_settings(transient_settings: dict[str, Any]) -> dict[str, Any]:
+    from pyramid_transient.testing import free_port
+
+    settings = {k: v for k, v in transient_settings.items() if k != "transient.url"}
+    return {**settings, "transient.cluster.nodes": f"127.0.0.1:{free_port()}"}
+
+
+def test_request_cache_key_never_raises_when_a_cluster_is_unreachable_at_first_use(
+    transient_settings: dict[str, Any],
+) -> None:
+    # redis-py's cluster client connects in its constructor: the first use of the cache
+    # client while the cluster is down raises there, not in a command.
+    config = pyramid_testing.setUp(settings=_dead_cluster_settings(transient_settings))
+    try:
+        config.include("pyramid_transient.cache")
+        first = _request(config).cache_key("page", row_identity("t", 1))
+        second = _request(config).cache_key("page", row_identity("t", 1))
+    finally:
+        pyramid_testing.tearDown()
+    assert first != second and len(first) == 40

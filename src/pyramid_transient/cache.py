@@ -36,7 +36,7 @@ from dogpile.cache.region import CacheRegion
 from zope.interface import Interface
 
 from . import codec
-from .connection import RedisManager, get_manager, include_manager
+from .connection import Binding, RedisManager, bind, get_manager, include_manager
 from .exceptions import CodecError
 from .invalidation import (
     Identity,
@@ -158,7 +158,8 @@ class CacheKeyGenerator:
 
     ``redis`` is a ``redis.Redis`` (tokens under ``key_prefix``), a
     :class:`~pyramid_transient.connection.RedisManager` (its ``cache`` database and
-    prefix), or a :class:`~pyramid_transient.invalidation.TokenStore`.
+    prefix), a registry or request (their app's manager), or a
+    :class:`~pyramid_transient.invalidation.TokenStore`.
 
     The key is a 40-character hex digest of the fragments, in order, with each model
     fragment replaced by its current token(s). Any number of fragments costs one round
@@ -229,11 +230,15 @@ def _deserialize(data: bytes) -> Any:
 class TransientRedisBackend(RedisBackend):
     """dogpile's Redis backend on a client we already have, with our key layout.
 
-    Arguments: ``client`` (a ``redis.Redis``), ``keyspace`` (values under
-    ``<keyspace>:<region>:v:<key>``, locks under ``...:l:<key>``), ``region`` (name),
-    ``lock_timeout`` (seconds; required: a fill lock always expires) and
-    ``redis_expiration_time``. Multi-key operations are pipelines of single-key commands,
-    so they are legal on a Cluster.
+    Arguments: ``client`` (a :class:`~pyramid_transient.connection.RedisManager`, a
+    registry, a :class:`~pyramid_transient.connection.Binding` or a bare ``redis.Redis``:
+    whatever :func:`~pyramid_transient.connection.bind` takes; a manager's ``cache``
+    client is asked for on every use, so nothing connects at configuration time and a
+    forked worker gets its own pool), ``keyspace`` (values under
+    ``<keyspace>:<region>:v:<key>``, locks under ``...:l:<key>``; by default the
+    binding's, ``{prefix}:cache``), ``region`` (name), ``lock_timeout`` (seconds;
+    required: a fill lock always expires) and ``redis_expiration_time``. Multi-key
+    operations are pipelines of single-key commands, so they are legal on a Cluster.
 
     Values are encoded with :mod:`pyramid_transient.codec` even in a region configured
     without a serializer (dogpile's Redis backend would pickle them, and unpickle whatever
@@ -246,8 +251,9 @@ class TransientRedisBackend(RedisBackend):
 
     def __init__(self, arguments: dict[str, Any]) -> None:
         arguments = dict(arguments)
-        self._client = arguments.pop("client")
-        keyspace: KeySpace = arguments.pop("keyspace")
+        target = arguments.pop("client")
+        self._binding = target if isinstance(target, Binding) else bind(target, "cache")
+        keyspace: KeySpace = arguments.pop("keyspace", None) or self._binding.keyspace
         region = quote(arguments.pop("region"))
         self._values = keyspace.key(region, "v") + ":"
         self._locks = keyspace.key(region, "l") + ":"
@@ -261,7 +267,17 @@ class TransientRedisBackend(RedisBackend):
         pass
 
     def _create_client(self) -> None:
-        self.writer_client = self.reader_client = self._client
+        pass  # the client comes from the binding, on every use
+
+    # dogpile's backend keeps the clients it made in these attributes; ours are asked of
+    # the binding on every use (its _create_client, which would set them, is replaced).
+    @property
+    def writer_client(self) -> Any:  # type: ignore[override]
+        return self._binding.client
+
+    @property
+    def reader_client(self) -> Any:  # type: ignore[override]
+        return self._binding.client
 
     def key_mangler(self, key: str) -> str:
         return self._values + quote(key)
@@ -391,8 +407,7 @@ def make_regions(manager: RedisManager) -> dict[str, TransientRegion]:
             BACKEND,
             expiration_time=expiration,
             arguments={
-                "client": _LazyClient(manager),
-                "keyspace": manager.keyspace("cache"),
+                "client": bind(manager, "cache"),
                 "region": name,
                 "lock_timeout": cache.lock_timeout,
                 # Redis keeps a value a while past its soft expiration, so dogpile can
@@ -402,17 +417,6 @@ def make_regions(manager: RedisManager) -> dict[str, TransientRegion]:
         )
         regions[name] = region
     return regions
-
-
-class _LazyClient:
-    """Resolves the manager's ``cache`` client on use: nothing connects at config time,
-    and a forked worker gets its own pool."""
-
-    def __init__(self, manager: RedisManager) -> None:
-        self._manager = manager
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._manager.get("cache"), name)
 
 
 # --------------------------------------------------------------------------- Pyramid glue

@@ -52,6 +52,7 @@ from typing import Any, cast
 
 import redis
 
+from .connection import Binding, bind
 from .keys import KeySpace, quote
 from .lua import ScriptSet
 
@@ -409,23 +410,35 @@ def pending_invalidations(client: Any) -> int:
 class TokenStore:
     """Reads, creates and invalidates tokens in one Redis database.
 
-    ``client`` is a ``redis.Redis`` (or ``RedisCluster``); ``keyspace`` the
-    :class:`~pyramid_transient.keys.KeySpace` of the tokens (``manager.keyspace("token",
-    "cache")`` in an app, ``KeySpace("", "token")`` by default).
+    ``client`` is a ``redis.Redis`` (or ``RedisCluster``), or a
+    :class:`~pyramid_transient.connection.Binding` whose client is asked for on every use
+    (so a forked worker gets its own connections); ``keyspace`` the
+    :class:`~pyramid_transient.keys.KeySpace` of the tokens (by default the binding's, or
+    ``KeySpace("", "token")`` for a client). :func:`token_store` builds one for an app.
     """
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | Binding,
         keyspace: KeySpace | None = None,
         *,
         ttl: int = DEFAULT_TOKEN_TTL,
     ) -> None:
-        self.client = client
-        self.keyspace = keyspace or KeySpace("", "token")
+        if isinstance(client, Binding):
+            self.binding = client
+        else:
+            self.binding = Binding(keyspace or KeySpace("", "token"), client=client, name="cache")
+        #: The keys of the tokens.
+        self.keyspace = keyspace or self.binding.keyspace
+        #: Seconds a new token lives.
         self.ttl = ttl
         self._tag = "{" + TOKEN_TAG + "}"
         self._base = self.keyspace.base
+
+    @property
+    def client(self) -> Any:
+        """The ``redis.Redis`` (or ``RedisCluster``) the tokens live on, resolved now."""
+        return self.binding.client
 
     def key(self, identity: str) -> str:
         """The Redis key of the token of ``identity``."""
@@ -445,15 +458,15 @@ class TokenStore:
         return cast(bytes, self._read(identities, digest=True))
 
     def _read(self, identities: Sequence[str], *, digest: bool) -> Any:
-        backlog = _BACKLOGS.get(self.client)
+        client = self.client
+        backlog = _BACKLOGS.get(client)
         retried = backlog.take() if backlog is not None and len(backlog) else []
-        if len(identities) == 1 and not retried and self.client not in _NO_SET_NX_GET:
+        if len(identities) == 1 and not retried and client not in _NO_SET_NX_GET:
             # One token, the common case: SET NX GET EX answers the existing token and
             # leaves it (and its time to live) alone, or sets ours with the time to live
             # and answers nil. One plain command costs the server a tenth of a script call.
             # execute_command skips set()'s argument checks.
             new = secrets.token_hex(12) + "-1"
-            client: Any = self.client
             try:
                 token = client.execute_command(
                     "SET", self.key(identities[0]), new, "NX", "GET", "EX", self.ttl, get=True
@@ -462,14 +475,14 @@ class TokenStore:
                 if "syntax error" not in str(exc).lower():
                     raise
                 # Redis < 7.0 refuses NX with GET: this client reads with the script.
-                _NO_SET_NX_GET[self.client] = True
+                _NO_SET_NX_GET[client] = True
                 log.info("Redis refuses SET NX GET (before 7.0): tokens read by script")
             else:
                 token = new.encode("ascii") if token is None else _text(token)
                 return _sha1(token) if digest else [token]
         keys = [self.key(i) for i in identities]
         try:
-            result = SCRIPTS.on(self.client)["tokens"](
+            result = SCRIPTS.on(client)["tokens"](
                 keys=[*retried, *keys],
                 args=[
                     len(retried),
@@ -477,14 +490,14 @@ class TokenStore:
                     secrets.token_hex(12) + "-",
                     *(("digest",) if digest else ()),
                 ],
-                client=self.client,
+                client=client,
             )
         except Exception:
             if retried:
-                _backlog(self.client).put_back(retried)
+                _backlog(client).put_back(retried)
             raise
         if retried:
-            _backlog(self.client).succeeded()
+            _backlog(client).succeeded()
         if not isinstance(result, list):
             return _text(result)  # the digest
         tokens = result if not result or type(result[0]) is bytes else list(map(_text, result))
@@ -496,14 +509,15 @@ class TokenStore:
         Returns ``False`` when Redis could not be reached: the keys are then kept for a
         retry (logged), with the next round trip on this client or a background timer.
         """
+        client = self.client
         keys = [self.key(i) for i in identities]
-        backlog = _BACKLOGS.get(self.client)
+        backlog = _BACKLOGS.get(client)
         if backlog is not None and len(backlog):
             keys = list(dict.fromkeys([*backlog.take(), *keys]))
         if not keys:
             return True
         try:
-            _delete(self.client, keys)
+            _delete(client, keys)
         except Exception as exc:
             log.warning(
                 "could not invalidate %d cache tokens (kept for retry; staleness is bounded "
@@ -512,7 +526,7 @@ class TokenStore:
                 self.ttl,
                 exc,
             )
-            _backlog(self.client).put_back(keys)
+            _backlog(client).put_back(keys)
             return False
         if backlog is not None:
             backlog.succeeded()
@@ -522,23 +536,19 @@ class TokenStore:
 def token_store(
     redis_or_manager: Any, *, key_prefix: str = "", ttl: int | None = None
 ) -> TokenStore:
-    """A :class:`TokenStore` for a ``redis.Redis`` or a ``RedisManager`` (its ``cache`` db).
+    """A :class:`TokenStore` on the ``cache`` database of a ``RedisManager``, a registry
+    or a request (their app's manager), ``None`` (the running app's), or a bare
+    ``redis.Redis``.
 
-    With a bare client the keys are ``{key_prefix}:token:...``; pass the app's
-    ``transient.key_prefix`` so that a worker writes the tokens the app reads.
+    A manager's tokens take its prefix and ``transient.cache.token_ttl``, and its client is
+    asked for on every use. With a bare client the keys are ``{key_prefix}:token:...``;
+    pass the app's ``transient.key_prefix`` so that a worker writes the tokens the app
+    reads.
     """
-    from .connection import RedisManager
-
-    if isinstance(redis_or_manager, RedisManager):
-        manager = redis_or_manager
-        return TokenStore(
-            manager.get("cache"),
-            manager.keyspace("token", "cache"),
-            ttl=ttl or manager.settings.cache.token_ttl,
-        )
-    return TokenStore(
-        redis_or_manager, KeySpace(key_prefix, "token"), ttl=ttl or DEFAULT_TOKEN_TTL
-    )
+    binding = bind(redis_or_manager, "token", "cache")
+    if binding.manager is not None:
+        return TokenStore(binding, ttl=ttl or binding.manager.settings.cache.token_ttl)
+    return TokenStore(binding, KeySpace(key_prefix, "token"), ttl=ttl or DEFAULT_TOKEN_TTL)
 
 
 def get_token(redis_or_manager: Any, instance_or_identity: Any, *, key_prefix: str = "") -> str:
@@ -613,15 +623,13 @@ class InvalidationListener:
 
     def store(self) -> TokenStore:
         """The token store invalidations go to (the running app's, when none was given)."""
-        if self._redis is not None:
-            if self._store is None:
-                self._store = token_store(
-                    self._redis, key_prefix=self._key_prefix, ttl=self._token_ttl
-                )
-            return self._store
-        from .connection import current_manager
-
-        return token_store(current_manager(), ttl=self._token_ttl)
+        if self._redis is None:
+            return token_store(None, ttl=self._token_ttl)  # whichever app runs now
+        if self._store is None:
+            self._store = token_store(
+                self._redis, key_prefix=self._key_prefix, ttl=self._token_ttl
+            )
+        return self._store
 
     # ------------------------------------------------------------------ recording
 
@@ -781,9 +789,10 @@ def register(
     ``Session`` class, and return the :class:`InvalidationListener`.
 
     ``redis`` is where invalidations go: a ``redis.Redis`` (keys under ``key_prefix``, as
-    in scripts, workers and tests) or a
-    :class:`~pyramid_transient.connection.RedisManager`; ``None`` means the running app's
-    manager at commit time. Registering a target again replaces its previous listener.
+    in scripts, workers and tests), a
+    :class:`~pyramid_transient.connection.RedisManager` or a registry (its ``cache``
+    database, asked for at each commit); ``None`` means the running app's manager at
+    commit time. Registering a target again replaces its previous listener.
     """
     with _REGISTERED_LOCK:
         previous = _REGISTERED.get(id(session_or_sessionmaker))
