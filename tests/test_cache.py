@@ -247,15 +247,15 @@ def test_pending_invalidations_travel_with_the_next_key(
             with factory() as session:
                 session.get(Page, 1).title = "while down"
                 session.commit()
-            invalidation._backlog(client).cancel()
-            assert pending_invalidations(client) == 2
+            invalidation._backlog(manager).cancel()
+            assert pending_invalidations(manager) == 2
             server.start()
             client.script_load(invalidation.TOKENS_SCRIPT)  # a restarted server forgot it
             with round_trips() as rt:
                 after = generator(pages[0])
             assert (rt.count, rt.commands) == (1, ["EVALSHA"])  # the DELs, then the read
             assert after != before
-            assert pending_invalidations(client) == 0
+            assert pending_invalidations(manager) == 0
         finally:
             listener.remove()
             manager.close()

@@ -291,11 +291,10 @@ def test_the_digest_is_the_same_whichever_way_tokens_are_read(
     assert single == hashlib.sha1(tokens[0]).hexdigest().encode("ascii")
     assert store.digest([one, two]) == hashlib.sha1(b",".join(tokens)).hexdigest().encode()
     # The script reads one token when retried invalidations ride along: same digest.
-    client = store.client
-    invalidation._backlog(client).put_back([store.key("t:gone")])
-    invalidation._backlog(client).cancel()
+    invalidation._backlog(transient_manager).put_back([store.key("t:gone")])
+    invalidation._backlog(transient_manager).cancel()
     assert store.digest([one]) == single
-    assert pending_invalidations(client) == 0
+    assert pending_invalidations(transient_manager) == 0
 
 
 def test_a_server_before_redis_7_reads_one_token_with_the_script(round_trips: Any) -> None:
@@ -714,6 +713,32 @@ def test_commit_with_redis_down_does_not_raise_and_keeps_the_work(
         listener.remove()
 
 
+def test_a_commit_while_a_cluster_is_unreachable_keeps_the_work_for_retry(
+    factory: Any,
+    items: list[Item],
+    transient_settings: dict[str, Any],
+    caplog: Any,
+) -> None:
+    # redis-py's cluster client connects in its constructor: with the cluster down, even
+    # getting the client fails. The invalidations must still wait for a retry.
+    from pyramid_transient.testing import free_port
+
+    settings = {k: v for k, v in transient_settings.items() if k != "transient.url"}
+    manager = RedisManager.from_settings(
+        {**settings, "transient.cluster.nodes": f"127.0.0.1:{free_port()}"}
+    )
+    listener = register(factory, manager)
+    try:
+        with factory() as session, caplog.at_level(logging.WARNING):
+            session.get(Item, 1).name = "while the cluster is down"
+            session.commit()  # must not raise
+        assert pending_invalidations(manager) == 2
+        assert "could not invalidate 2 cache tokens" in caplog.text
+    finally:
+        invalidation._backlog(manager).cancel()
+        listener.remove()
+
+
 def test_failed_invalidations_are_retried_with_the_next_commit(
     factory: Any,
     items: list[Item],
@@ -766,6 +791,32 @@ def test_failed_invalidations_are_retried_in_the_background(
     finally:
         invalidation._backlog(client).cancel()
         listener.remove()
+
+
+def test_failed_invalidations_through_a_manager_are_retried_in_the_background(
+    factory: Any,
+    items: list[Item],
+    dead_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(invalidation, "RETRY_DELAYS", (0.05,))
+    manager = RedisManager.from_settings(test_settings(dead_server.url))
+    listener = register(factory, manager)
+    try:
+        dead_server.stop()
+        with factory() as session:
+            session.get(Item, 1).name = "while down"
+            session.commit()
+        assert pending_invalidations(manager) == 2
+        dead_server.start()
+        deadline = time.monotonic() + 5
+        while pending_invalidations(manager) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pending_invalidations(manager) == 0  # only a DEL that went through empties it
+    finally:
+        invalidation._backlog(manager).cancel()
+        listener.remove()
+        manager.close()
 
 
 def test_backlog_is_bounded(

@@ -52,7 +52,7 @@ from typing import Any, cast
 
 import redis
 
-from .connection import Binding, bind
+from .connection import Binding, RedisManager, bind
 from .keys import KeySpace, quote
 from .lua import ScriptSet
 
@@ -314,10 +314,15 @@ _NO_SET_NX_GET: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary
 
 
 class _Backlog:
-    """Token keys whose invalidation failed, per client, retried until they succeed."""
+    """Token keys whose invalidation failed, per target, retried until they succeed.
 
-    def __init__(self, client: Any) -> None:
-        self._client = weakref.ref(client)
+    The target is a store's manager (so that an outage in which the manager cannot even
+    build its client, a Cluster's, still keeps the work), else its bare client.
+    """
+
+    def __init__(self, target: Any, name: str) -> None:
+        self._target = weakref.ref(target)
+        self._name = name
         self._lock = threading.Lock()
         self._keys: dict[str, None] = {}  # ordered, for dropping the oldest first
         self._timer: threading.Timer | None = None
@@ -365,13 +370,14 @@ class _Backlog:
     def _retry(self) -> None:
         with self._lock:
             self._timer = None
-        client = self._client()
-        if client is None:
+        target = self._target()
+        if target is None:
             return
         keys = self.take()
         if not keys:
             return
         try:
+            client = target.get(self._name) if isinstance(target, RedisManager) else target
             _delete(client, keys)
         except Exception as exc:
             log.warning("retrying %d token invalidations failed again: %s", len(keys), exc)
@@ -387,24 +393,35 @@ class _Backlog:
                 self._timer = None
 
 
-_BACKLOGS: weakref.WeakKeyDictionary[Any, _Backlog] = weakref.WeakKeyDictionary()
+# target (manager or bare client) -> database name -> backlog
+_BACKLOGS: weakref.WeakKeyDictionary[Any, dict[str, _Backlog]] = weakref.WeakKeyDictionary()
 _BACKLOGS_LOCK = threading.Lock()
 
 
-def _backlog(client: Any) -> _Backlog:
-    backlog = _BACKLOGS.get(client)
+def _backlog(target: Any, name: str = "cache") -> _Backlog:
+    backlog = _BACKLOGS.get(target, {}).get(name)
     if backlog is None:
         with _BACKLOGS_LOCK:
-            backlog = _BACKLOGS.get(client)
+            per_name = _BACKLOGS.setdefault(target, {})
+            backlog = per_name.get(name)
             if backlog is None:
-                backlog = _BACKLOGS[client] = _Backlog(client)
+                backlog = per_name[name] = _Backlog(target, name)
     return backlog
 
 
-def pending_invalidations(client: Any) -> int:
-    """How many token invalidations wait for a retry on ``client`` (for monitoring, tests)."""
-    backlog = _BACKLOGS.get(client)
-    return len(backlog) if backlog is not None else 0
+def _waiting(target: Any, name: str) -> _Backlog | None:
+    # The backlog of target, if it holds anything (no lock: a hint, taken under its lock).
+    backlog = _BACKLOGS.get(target, {}).get(name)
+    return backlog if backlog is not None and len(backlog) else None
+
+
+def pending_invalidations(redis_or_manager: Any) -> int:
+    """How many token invalidations wait for a retry (for monitoring, tests).
+
+    Give what the invalidations go to: the ``RedisManager`` of a store or listener bound
+    to a manager (or to the running app), the ``redis.Redis`` of one bound to a client.
+    """
+    return sum(len(backlog) for backlog in _BACKLOGS.get(redis_or_manager, {}).values())
 
 
 class TokenStore:
@@ -440,6 +457,13 @@ class TokenStore:
         """The ``redis.Redis`` (or ``RedisCluster``) the tokens live on, resolved now."""
         return self.binding.client
 
+    @property
+    def target(self) -> Any:
+        """The ``RedisManager`` the store is bound to, else its client: failed
+        invalidations wait for a retry per target (see :func:`pending_invalidations`)."""
+        manager = self.binding.manager
+        return manager if manager is not None else self.binding.client
+
     def key(self, identity: str) -> str:
         """The Redis key of the token of ``identity``."""
         return f"{self._base}:{self._tag}:{identity}"
@@ -458,9 +482,9 @@ class TokenStore:
         return cast(bytes, self._read(identities, digest=True))
 
     def _read(self, identities: Sequence[str], *, digest: bool) -> Any:
-        client = self.client
-        backlog = _BACKLOGS.get(client)
-        retried = backlog.take() if backlog is not None and len(backlog) else []
+        client = self.client  # first: a client that cannot be built must not drop a retry
+        waiting = _waiting(self.target, self.binding.name)
+        retried = waiting.take() if waiting is not None else []
         if len(identities) == 1 and not retried and client not in _NO_SET_NX_GET:
             # One token, the common case: SET NX GET EX answers the existing token and
             # leaves it (and its time to live) alone, or sets ours with the time to live
@@ -494,10 +518,10 @@ class TokenStore:
             )
         except Exception:
             if retried:
-                _backlog(client).put_back(retried)
+                _backlog(self.target, self.binding.name).put_back(retried)
             raise
         if retried:
-            _backlog(client).succeeded()
+            _backlog(self.target, self.binding.name).succeeded()
         if not isinstance(result, list):
             return _text(result)  # the digest
         tokens = result if not result or type(result[0]) is bytes else list(map(_text, result))
@@ -509,15 +533,14 @@ class TokenStore:
         Returns ``False`` when Redis could not be reached: the keys are then kept for a
         retry (logged), with the next round trip on this client or a background timer.
         """
-        client = self.client
         keys = [self.key(i) for i in identities]
-        backlog = _BACKLOGS.get(client)
-        if backlog is not None and len(backlog):
-            keys = list(dict.fromkeys([*backlog.take(), *keys]))
+        waiting = _waiting(self.target, self.binding.name)
+        if waiting is not None:
+            keys = list(dict.fromkeys([*waiting.take(), *keys]))
         if not keys:
             return True
         try:
-            _delete(client, keys)
+            _delete(self.client, keys)  # the client too: a Cluster's is built on first use
         except Exception as exc:
             log.warning(
                 "could not invalidate %d cache tokens (kept for retry; staleness is bounded "
@@ -526,10 +549,10 @@ class TokenStore:
                 self.ttl,
                 exc,
             )
-            _backlog(client).put_back(keys)
+            _backlog(self.target, self.binding.name).put_back(keys)
             return False
-        if backlog is not None:
-            backlog.succeeded()
+        if waiting is not None:
+            waiting.succeeded()
         return True
 
 
