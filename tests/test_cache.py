@@ -554,3 +554,16 @@ def test_request_cache_key_never_raises_when_a_cluster_is_unreachable_at_first_u
     finally:
         pyramid_testing.tearDown()
     assert first != second and len(first) == 40
+
+
+def test_an_outage_is_logged_once_for_every_request_of_the_app(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with RedisServer() as server:
+        manager = RedisManager.from_settings(test_settings(server.url))
+        server.stop()
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):  # request.cache_key: a generator per request
+                CacheKeyGenerator(manager)("page", row_identity("t", 1))
+        manager.close()
+    assert caplog.text.count("could not reach Redis") == 1

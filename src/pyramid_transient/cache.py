@@ -24,6 +24,7 @@ import secrets
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, cast
@@ -121,7 +122,11 @@ def _canonical(value: Any, depth: int = 0) -> str:
 
 
 class _Outage:
-    """Rate-limits the log of an outage: one warning, then one per interval."""
+    """Rate-limits the log of an outage: one warning, then one per interval.
+
+    One per token store target (the manager, or a bare client), shared by every generator
+    on it: ``request.cache_key`` is a new generator per request.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -153,6 +158,20 @@ class _Outage:
             log.info("cache_key reaches Redis again after %.1fs", mod_time.monotonic() - since)
 
 
+_OUTAGES: weakref.WeakKeyDictionary[Any, _Outage] = weakref.WeakKeyDictionary()
+_OUTAGES_LOCK = threading.Lock()
+
+
+def _outage(target: Any) -> _Outage:
+    outage = _OUTAGES.get(target)
+    if outage is None:
+        with _OUTAGES_LOCK:
+            outage = _OUTAGES.get(target)
+            if outage is None:
+                outage = _OUTAGES[target] = _Outage()
+    return outage
+
+
 class CacheKeyGenerator:
     """Builds cache keys from fragments; ``generator(*fragments) -> str``.
 
@@ -179,7 +198,7 @@ class CacheKeyGenerator:
             self.store = redis
         else:
             self.store = token_store(redis, key_prefix=key_prefix, ttl=token_ttl)
-        self._outage = _Outage()
+        self._outage = _outage(self.store.target)
 
     def __call__(self, *fragments: Any) -> str:
         parts: list[Any] = []
