@@ -567,3 +567,18 @@ def test_an_outage_is_logged_once_for_every_request_of_the_app(
                 CacheKeyGenerator(manager)("page", row_identity("t", 1))
         manager.close()
     assert caplog.text.count("could not reach Redis") == 1
+
+
+def test_cache_key_never_raises_on_a_cluster_client_error(
+    transient_manager: RedisManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # redis-py's cluster errors (no node for a slot, ...) are not all RedisErrors.
+    from redis.exceptions import SlotNotCoveredError
+
+    generator = CacheKeyGenerator(transient_manager)
+
+    def broken(identities: Any) -> Any:
+        raise SlotNotCoveredError("slot 1 is not covered by the cluster")
+
+    monkeypatch.setattr(generator.store, "digest", broken)
+    assert generator(row_identity("t", 1)) != generator(row_identity("t", 1))

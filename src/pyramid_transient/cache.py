@@ -34,6 +34,7 @@ from dogpile.cache import register_backend
 from dogpile.cache.api import NO_VALUE, CantDeserializeException
 from dogpile.cache.backends.redis import RedisBackend
 from dogpile.cache.region import CacheRegion
+from redis.exceptions import RedisClusterException
 from zope.interface import Interface
 
 from . import codec
@@ -220,7 +221,9 @@ class CacheKeyGenerator:
         if identities:
             try:
                 tokens = self.store.digest(list(identities))
-            except redis.RedisError as exc:
+            except (redis.RedisError, RedisClusterException) as exc:
+                # RedisClusterException: redis-py's cluster errors that are not RedisErrors
+                # (no node covers a slot, ...).
                 self._outage.failed(exc)
                 digest.update(b"nonce\x1f" + secrets.token_bytes(16))
                 return digest.hexdigest()
