@@ -30,6 +30,7 @@ from sqlalchemy import (
     Uuid,
     create_engine,
     delete,
+    select,
     text,
     update,
 )
@@ -503,6 +504,71 @@ def test_released_savepoint_changes_are_invalidated_at_commit(
     assert get_token(transient_manager, items[1]) != before
 
 
+def test_a_change_not_flushed_before_a_savepoint_survives_its_rollback(
+    factory: Any, items: list[Item], transient_manager: RedisManager
+) -> None:
+    # begin_nested() flushes the outer change itself; it belongs to the outer transaction.
+    before = tokens(transient_manager, items[0], items[1])
+    with factory() as session:
+        session.get(Item, 1).name = "outer, flushed by begin_nested"
+        savepoint = session.begin_nested()
+        session.get(Item, 2).name = "dropped"
+        session.flush()
+        savepoint.rollback()
+        session.commit()
+    after = tokens(transient_manager, items[0], items[1])
+    assert after[0] != before[0]
+    assert after[1] == before[1]
+
+
+def test_nested_savepoints_inner_rolled_back_outer_released(
+    factory: Any, items: list[Item], transient_manager: RedisManager
+) -> None:
+    before = tokens(transient_manager, *items)
+    with factory() as session:
+        session.get(Item, 1).name = "root"
+        session.flush()
+        with session.begin_nested():
+            session.get(Item, 2).name = "outer savepoint"
+            session.flush()
+            inner = session.begin_nested()
+            session.get(Item, 3).name = "inner savepoint"
+            session.flush()
+            inner.rollback()
+        session.commit()
+    after = tokens(transient_manager, *items)
+    assert [a != b for a, b in zip(after, before, strict=True)] == [True, True, False]
+
+
+def test_a_released_savepoint_inside_a_rolled_back_one_is_dropped(
+    factory: Any, items: list[Item], transient_manager: RedisManager
+) -> None:
+    before = tokens(transient_manager, *items, Item)
+    with factory() as session:
+        session.get(Item, 1).name = "root"
+        session.flush()
+        outer = session.begin_nested()
+        with session.begin_nested():
+            session.get(Item, 2).name = "released, then its parent rolled back"
+        outer.rollback()
+        session.commit()
+    after = tokens(transient_manager, *items, Item)
+    assert [a != b for a, b in zip(after, before, strict=True)] == [True, False, False, True]
+
+
+def test_a_released_savepoint_then_a_rollback_changes_nothing(
+    factory: Any, items: list[Item], transient_manager: RedisManager, round_trips: Any
+) -> None:
+    before = tokens(transient_manager, items[1], Item)
+    with factory() as session:
+        with session.begin_nested():
+            session.get(Item, 2).name = "released"
+        with round_trips() as rt:
+            session.rollback()
+    assert rt.count == 0
+    assert tokens(transient_manager, items[1], Item) == before
+
+
 def test_rows_of_every_primary_key_type_invalidate_only_themselves(
     factory: Any, listener: Any, transient_manager: RedisManager
 ) -> None:
@@ -579,6 +645,25 @@ def test_pending_changes_are_kept_per_session(
         first.flush()
         assert listener.pending(first) >= {row_identity(Item.__table__, 1)}
         assert listener.pending(second) == frozenset()
+
+
+def test_a_commit_in_another_session_leaves_our_pending_changes_alone(
+    factory: Any, items: list[Item], listener: Any, transient_manager: RedisManager
+) -> None:
+    mine, theirs = tokens(transient_manager, items[0], items[1])
+    with factory() as ours:
+        ours.get(Item, 1).name = "ours, pending"
+        ours.flush()
+        with factory() as other:  # same listener, same process
+            other.get(Item, 2)
+            # SQLite admits one writer at a time, and ours holds it: theirs is marked.
+            listener.mark_changed(other, row_identity(Item.__table__, 2))
+            other.commit()
+        assert get_token(transient_manager, items[1]) != theirs  # theirs is done
+        assert get_token(transient_manager, items[0]) == mine  # ours: still pending
+        assert listener.pending(ours) >= {row_identity(Item.__table__, 1)}
+        ours.commit()
+    assert get_token(transient_manager, items[0]) != mine
 
 
 def test_registering_again_replaces_the_listener(
@@ -659,6 +744,69 @@ def test_commit_through_zope_sqlalchemy_and_transaction_invalidates(
         session.get(Item, 1).name = "zope"
     session.close()
     assert get_token(transient_manager, items[0]) != before
+
+
+def _read_at_invalidation(engine: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What another connection reads of row 1 each time tokens are deleted."""
+    seen: list[str] = []
+    original = invalidation._delete
+
+    def reading_first(client: Any, keys: Any) -> None:
+        with engine.connect() as conn:
+            seen.append(conn.execute(select(Item.name).where(Item.id == 1)).scalar_one())
+        original(client, keys)
+
+    monkeypatch.setattr(invalidation, "_delete", reading_first)
+    return seen
+
+
+def test_tokens_are_deleted_after_the_sql_commit(
+    engine: Any, factory: Any, items: list[Item], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Deleted before, a reader in between would cache the old row under the new token.
+    seen = _read_at_invalidation(engine, monkeypatch)
+    with factory() as session:
+        session.get(Item, 1).name = "committed"
+        session.commit()
+    assert seen == ["committed"]
+
+
+def test_tokens_are_deleted_after_the_sql_commit_through_zope_sqlalchemy(
+    engine: Any,
+    factory: Any,
+    items: list[Item],
+    transient_manager: RedisManager,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen = _read_at_invalidation(engine, monkeypatch)
+    tm = transaction.TransactionManager(explicit=True)
+    session = factory()
+    zope.sqlalchemy.register(session, transaction_manager=tm)
+    with tm:
+        session.get(Item, 1).name = "committed by transaction"
+    session.close()
+    assert seen == ["committed by transaction"]
+
+
+def test_a_rolled_back_zope_savepoint_drops_only_its_own_changes(
+    engine: Any, factory: Any, items: list[Item], transient_manager: RedisManager
+) -> None:
+    if engine.dialect.name == "sqlite":
+        pytest.skip("zope.sqlalchemy refuses savepoints on SQLite")
+    before = tokens(transient_manager, items[0], items[1])
+    tm = transaction.TransactionManager(explicit=True)
+    session = factory()
+    zope.sqlalchemy.register(session, transaction_manager=tm)
+    with tm:
+        session.get(Item, 1).name = "kept"
+        savepoint = tm.savepoint()
+        session.get(Item, 2).name = "dropped"
+        session.flush()
+        savepoint.rollback()
+    session.close()
+    after = tokens(transient_manager, items[0], items[1])
+    assert after[0] != before[0]
+    assert after[1] == before[1]
 
 
 def test_aborted_zope_transaction_changes_nothing(
