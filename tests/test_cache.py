@@ -582,3 +582,14 @@ def test_cache_key_never_raises_on_a_cluster_client_error(
 
     monkeypatch.setattr(generator.store, "digest", broken)
     assert generator(row_identity("t", 1)) != generator(row_identity("t", 1))
+
+
+@pytest.mark.parametrize("timeout", [None, 0, -1, "30", float("inf"), True])
+def test_the_backend_refuses_a_fill_lock_without_a_positive_timeout(
+    timeout: Any, transient_manager: RedisManager
+) -> None:
+    arguments = {"client": transient_manager, "region": "r", "lock_timeout": timeout}
+    if timeout is None:
+        del arguments["lock_timeout"]
+    with pytest.raises(ValueError, match=r"lock_timeout must be a positive number of seconds"):
+        cache.TransientRedisBackend(arguments)

@@ -279,8 +279,13 @@ class TransientRedisBackend(RedisBackend):
         region = quote(arguments.pop("region"))
         self._values = keyspace.key(region, "v") + ":"
         self._locks = keyspace.key(region, "l") + ":"
-        if not arguments.get("lock_timeout"):
-            raise ValueError("TransientRedisBackend needs a lock_timeout (seconds)")
+        timeout: Any = arguments.get("lock_timeout")
+        if type(timeout) not in (int, float) or not math.isfinite(timeout) or timeout <= 0:
+            # A fill lock must expire, or a creator that died would block its key for good.
+            raise ValueError(
+                f"TransientRedisBackend's lock_timeout must be a positive number of seconds "
+                f"(a fill lock always expires), not {timeout!r}"
+            )
         arguments.setdefault("distributed_lock", True)
         arguments.setdefault("thread_local_lock", False)
         super().__init__(arguments)  # type: ignore[no-untyped-call]
