@@ -593,3 +593,22 @@ def test_the_backend_refuses_a_fill_lock_without_a_positive_timeout(
         del arguments["lock_timeout"]
     with pytest.raises(ValueError, match=r"lock_timeout must be a positive number of seconds"):
         cache.TransientRedisBackend(arguments)
+
+
+@pytest.mark.cluster
+def test_regions_on_a_cluster(transient_cluster_manager: RedisManager) -> None:
+    from dogpile.cache.api import NO_VALUE
+
+    region = cache.make_regions(transient_cluster_manager)["default"]
+    region.set_multi({f"k{i}": {"i": i} for i in range(20)})  # keys on several nodes
+    assert region.get_multi([f"k{i}" for i in range(20)]) == [{"i": i} for i in range(20)]
+    seen: list[int] = []
+
+    def creator() -> str:
+        seen.append(region.backend.writer_client.pttl(region.backend._locks + "new"))
+        return "made"
+
+    assert region.get_or_create("new", creator) == "made"
+    assert len(seen) == 1 and seen[0] > 0  # the fill lock, with its timeout
+    region.delete_multi([f"k{i}" for i in range(20)])
+    assert region.get("k3") is NO_VALUE
