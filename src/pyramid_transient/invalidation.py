@@ -32,9 +32,9 @@ Hooks: :func:`register` binds an :class:`InvalidationListener` to a SQLAlchemy s
 per transaction (a savepoint's own changes are dropped when it rolls back) and the
 tokens are deleted after the commit, in one round trip. Nothing here raises into the
 application after the database has committed: a failed invalidation is logged and kept in
-a bounded in-memory backlog, retried with the next round trip to the same client and by a
-background timer. What it cannot retry (a process that dies) is bounded by the token's
-time to live.
+a bounded in-memory backlog per manager (or bare client), retried with its next round trip
+and by a background timer. What it cannot retry (a process that dies) is bounded by the
+token's time to live.
 """
 
 from __future__ import annotations
@@ -471,8 +471,8 @@ class TokenStore:
     def tokens(self, identities: Sequence[str]) -> list[bytes]:
         """The tokens of ``identities``, created where missing, in one round trip.
 
-        Invalidations waiting for a retry on the same client go in the same round trip,
-        before the reads. Raises :class:`redis.RedisError` when Redis cannot be reached.
+        Invalidations waiting for a retry on the same :attr:`target` go in the same round
+        trip, before the reads. Raises :class:`redis.RedisError` when Redis cannot be reached.
         """
         return cast(list[bytes], self._read(identities, digest=False))
 
@@ -531,7 +531,8 @@ class TokenStore:
         """Delete the tokens of ``identities`` in one round trip (one ``DEL``); never raises.
 
         Returns ``False`` when Redis could not be reached: the keys are then kept for a
-        retry (logged), with the next round trip on this client or a background timer.
+        retry (logged), with the next round trip on this :attr:`target` or by a background
+        timer.
         """
         keys = [self.key(i) for i in identities]
         waiting = _waiting(self.target, self.binding.name)
