@@ -612,3 +612,27 @@ def test_regions_on_a_cluster(transient_cluster_manager: RedisManager) -> None:
     assert len(seen) == 1 and seen[0] > 0  # the fill lock, with its timeout
     region.delete_multi([f"k{i}" for i in range(20)])
     assert region.get("k3") is NO_VALUE
+
+
+def test_a_region_with_its_own_key_mangler_still_writes_under_our_prefix(
+    transient_manager: RedisManager,
+) -> None:
+    from dogpile.cache.region import CacheRegion
+    from dogpile.cache.util import sha1_mangle_key
+
+    region = CacheRegion(key_mangler=sha1_mangle_key).configure(
+        cache.BACKEND,
+        arguments={"client": transient_manager, "region": "own", "lock_timeout": 5},
+    )
+    region.set("k", "v")
+    region.set_multi({"a": 1, "b": 2})
+    assert region.get_or_create("c", lambda: 3) == 3
+    assert region.get_multi(["k", "a", "b", "c"]) == ["v", 1, 2, 3]
+    prefix = f"{transient_manager.settings.key_prefix}:cache:own:v:"
+    keys = sorted(k.decode() for k in transient_manager.get("cache").scan_iter())
+    assert len(keys) == 4 and all(k.startswith(prefix) for k in keys), keys
+    region.delete_multi(["a", "b"])
+    region.delete("k")
+    assert [k.decode() for k in transient_manager.get("cache").scan_iter()] == [
+        prefix + sha1_mangle_key("c")
+    ]

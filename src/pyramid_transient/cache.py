@@ -309,9 +309,15 @@ class TransientRedisBackend(RedisBackend):
     def key_mangler(self, key: str) -> str:
         return self._values + quote(key)
 
+    def _full(self, key: str) -> str:
+        # dogpile hands us keys mangled by the region's key_mangler, which is ours unless
+        # the region was given its own (sha1_mangle_key, say): keep those under our
+        # prefix too.
+        return key if key.startswith(self._values) else self._values + quote(key)
+
     def get_mutex(self, key: str) -> Any:
-        # dogpile hands us the mangled key; our lock key sits next to the value's.
-        own = key[len(self._values) :] if key.startswith(self._values) else quote(key)
+        # Our lock key sits next to the value's.
+        own = self._full(key)[len(self._values) :]
         return _LockWrapper(
             self.writer_client.lock(
                 self._locks + own,
@@ -324,11 +330,12 @@ class TransientRedisBackend(RedisBackend):
         )
 
     def get_serialized(self, key: str) -> Any:
+        key = self._full(key)
         value = self.reader_client.get(key)
         return NO_VALUE if value is None else self._checked(key, value)
 
     def get_serialized_multi(self, keys: Iterable[str]) -> list[Any]:
-        keys = list(keys)
+        keys = [self._full(k) for k in keys]
         if not keys:
             return []
         pipe = self.reader_client.pipeline(transaction=False)
@@ -360,18 +367,21 @@ class TransientRedisBackend(RedisBackend):
         return value
 
     def set_serialized(self, key: str, value: bytes) -> None:
-        self.writer_client.set(key, value, ex=self.redis_expiration_time or None)
+        self.writer_client.set(self._full(key), value, ex=self.redis_expiration_time or None)
 
     def set_serialized_multi(self, mapping: Mapping[str, bytes]) -> None:
         pipe = self.writer_client.pipeline(transaction=False)
         for key, value in mapping.items():
-            pipe.set(key, value, ex=self.redis_expiration_time or None)
+            pipe.set(self._full(key), value, ex=self.redis_expiration_time or None)
         pipe.execute()
+
+    def delete(self, key: str) -> None:
+        self.writer_client.delete(self._full(key))
 
     def delete_multi(self, keys: Iterable[str]) -> None:
         pipe = self.writer_client.pipeline(transaction=False)
         for key in keys:
-            pipe.delete(key)
+            pipe.delete(self._full(key))
         pipe.execute()
 
 
