@@ -179,6 +179,12 @@ def test_identity_of_a_table_object_uses_its_schema() -> None:
     assert identities_of(table) == (table_identity("t", schema="s"),)
 
 
+@pytest.mark.parametrize("pk", [(), (None,), (1, None)])
+def test_row_identity_without_a_whole_key_names_the_table_and_the_values(pk: Any) -> None:
+    with pytest.raises(ValueError, match=r"of a row of 'users', not \("):
+        row_identity("users", *pk)
+
+
 def test_identity_of_a_pending_instance_is_refused() -> None:
     with pytest.raises(ValueError, match="has no identity yet"):
         identities_of(Item(name="new"))

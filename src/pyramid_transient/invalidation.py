@@ -214,9 +214,12 @@ def row_identity(table: Any, *pk: Any, schema: str | None = None) -> Identity:
     >>> row_identity("a:b", "x y", 3, schema="s")
     'r:s.a%3Ab:x%20y:3'
     """
-    if not pk:
-        raise ValueError("row_identity() needs the primary key value(s) of the row")
     name, schema = _table_parts(table, schema)
+    if not pk or None in pk:
+        raise ValueError(
+            f"row_identity() needs every primary key value of a row of {name!r}, not "
+            f"{pk!r}: a row whose key is None has no identity yet (flush it first)"
+        )
     return Identity("r:" + _qualified(name, schema) + ":" + ":".join(map(_pk_part, pk)))
 
 
