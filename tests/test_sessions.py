@@ -85,7 +85,9 @@ def test_missing_secret_is_a_configuration_error_at_startup(
     transient_settings: dict[str, Any],
 ) -> None:
     with (
-        pytest.raises(ConfigurationError, match=r"redis\.sessions\.secret is not set"),
+        pytest.raises(
+            ConfigurationError, match=r"redis\.sessions\.secret is missing or empty \(got None\)"
+        ),
         Configurator(settings=transient_settings) as config,
     ):
         config.include("pyramid_transient.sessions")

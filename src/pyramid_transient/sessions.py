@@ -310,7 +310,7 @@ def parse_session_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
         )
     if not options.get("secret"):
         raise ConfigurationError(
-            f"{PREFIX}secret is not set, not {settings.get(PREFIX + 'secret')!r}: "
+            f"{PREFIX}secret is missing or empty (got {settings.get(PREFIX + 'secret')!r}): "
             "sessions need a long random secret to sign their cookies and payloads",
             key=PREFIX + "secret",
             value=settings.get(PREFIX + "secret"),
@@ -817,8 +817,8 @@ class TransientSessionFactory:
     ) -> None:
         if not secret:
             raise ConfigurationError(
-                f"{PREFIX}secret is not set, not {secret!r}: sessions need a long random "
-                "secret to sign their cookies and payloads",
+                f"{PREFIX}secret is missing or empty (got {secret!r}): sessions need a long "
+                "random secret to sign their cookies and payloads",
                 key=PREFIX + "secret",
                 value=secret,
             )
