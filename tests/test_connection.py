@@ -103,6 +103,60 @@ def test_request_redis_talks_to_the_default_database(transient_settings: dict[st
         env["closer"]()
 
 
+def _probe_app(settings: dict[str, str]):
+    from pyramid.config import Configurator
+    from pyramid.response import Response
+
+    seen: list = []
+
+    def probe(request):
+        seen.append(request)
+        return Response("ok")
+
+    config = Configurator(settings={"redis.sessions.secret": "s", **settings})
+    config.include("pyramid_transient")
+    config.add_route("probe", "/probe")
+    config.add_view(probe, route_name="probe")
+    return config.make_wsgi_app(), seen
+
+
+def test_request_attributes_do_not_give_each_request_its_own_class(
+    transient_settings: dict[str, str],
+) -> None:
+    # A reified request property makes Pyramid build a new request class per request;
+    # ours are plain attributes, set as the router creates the request.
+    from pyramid.request import Request
+    from webob import Request as WebObRequest
+
+    app, seen = _probe_app(transient_settings)
+    for _ in range(2):
+        assert WebObRequest.blank("/probe").get_response(app).status_int == 200
+    first, second = seen
+    assert type(first) is Request and type(second) is Request
+    assert first.redis is second.redis
+    assert first.cache_key is first.cache_key and first.cache_key is not second.cache_key
+    assert first.store is first.store and first.store is not second.store
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"transient.url": "redis://127.0.0.1:1"},
+        {"transient.cluster.nodes": "127.0.0.1:1"},
+    ],
+    ids=["standalone", "cluster"],
+)
+def test_a_view_that_does_not_use_redis_answers_while_redis_is_down(
+    settings: dict[str, str],
+) -> None:
+    from webob import Request as WebObRequest
+
+    app, seen = _probe_app(settings)
+    assert WebObRequest.blank("/probe").get_response(app).status_int == 200
+    with pytest.raises(redis.ConnectionError):
+        seen[0].redis.ping()
+
+
 def test_get_redis_without_include_says_what_to_do() -> None:
     from pyramid.registry import Registry
 
@@ -188,3 +242,17 @@ def test_round_trip_counter_ignores_the_handshake_of_a_new_connection(
         assert rt.commands == ["SET"]
     finally:
         client.close()
+
+
+def test_close_forgets_the_clients_and_get_builds_new_ones(
+    transient_settings: dict[str, str],
+) -> None:
+    manager = RedisManager.from_settings(transient_settings)
+    first = manager.get("celery")
+    assert manager.get("celery") is first
+    first.ping()
+    manager.close()
+    second = manager.get("celery")
+    assert second is not first
+    assert second.ping()
+    manager.close()

@@ -38,7 +38,14 @@ from redis.exceptions import RedisClusterException
 from zope.interface import Interface
 
 from . import codec
-from .connection import Binding, RedisManager, bind, get_manager, include_manager
+from .connection import (
+    Binding,
+    RedisManager,
+    add_request_attribute,
+    bind,
+    get_manager,
+    include_manager,
+)
 from .exceptions import CodecError
 from .invalidation import (
     Identity,
@@ -485,8 +492,6 @@ def get_region(request_or_registry: Any, name: str = "default") -> TransientRegi
         ) from None
 
 
-def _cache_key(request: Any) -> CacheKeyGenerator:
-    return CacheKeyGenerator(get_manager(request))
 
 
 def includeme(config: Any) -> None:
@@ -496,7 +501,9 @@ def includeme(config: Any) -> None:
     manager = get_manager(config.registry)
     if config.registry.queryUtility(_IRegions) is None:
         config.registry.registerUtility(_Regions(make_regions(manager)), _IRegions)
-    config.add_request_method(_cache_key, "cache_key", reify=True)
+    # A generator per request, on one token store built here.
+    store = token_store(manager)
+    add_request_attribute(config, "cache_key", lambda request: CacheKeyGenerator(store))
     dotted = manager.settings.cache.sqlalchemy_session
     if dotted:
         register(config.maybe_dotted(dotted), manager)

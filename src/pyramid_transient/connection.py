@@ -196,6 +196,7 @@ class RedisManager:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._clients: dict[int, redis.Redis] = {}
+        self._by_name: dict[str, redis.Redis] = {}  # the hot path of get()
         self._cluster: Any = None
         self._sentinel: Any = None
 
@@ -266,6 +267,10 @@ class RedisManager:
 
     def get(self, name: str = "default") -> redis.Redis:
         """The client for database ``name`` (shared, thread-safe, created on first use)."""
+        if os.getpid() == self._pid:
+            client = self._by_name.get(name)
+            if client is not None:
+                return client
         db = self.db_number(name)
         self._check_fork()
         client = self._clients.get(db)
@@ -274,6 +279,7 @@ class RedisManager:
                 client = self._clients.get(db)
                 if client is None:
                     client = self._clients[db] = self._make_client(db)
+        self._by_name[name] = client
         return client
 
     def _check_fork(self) -> None:
@@ -284,6 +290,7 @@ class RedisManager:
             with self._lock:
                 if pid != self._pid:
                     self._clients = {}
+                    self._by_name = {}
                     self._cluster = None
                     self._sentinel = None
                     self._lock = threading.Lock()
@@ -435,6 +442,7 @@ class RedisManager:
                 client.close()
                 client.connection_pool.disconnect()
             self._clients = {}
+            self._by_name = {}
             if self._cluster is not None:
                 self._cluster.close()
                 self._cluster = None
@@ -473,6 +481,30 @@ def current_manager() -> RedisManager:
     return get_manager(get_current_registry())
 
 
+class _RequestAttribute:
+    # Pyramid binds each method of add_request_method to a new request by calling its
+    # __get__(request, type) (apply_request_extensions: the router, pyramid.scripting's
+    # prepare and bootstrap); answering with a value makes it a plain instance attribute.
+    __slots__ = ("factory",)
+
+    def __init__(self, factory: Callable[[Any], Any]) -> None:
+        self.factory = factory
+
+    def __get__(self, request: Any, cls: Any = None) -> Any:
+        return self if request is None else self.factory(request)
+
+
+def add_request_attribute(config: Any, name: str, factory: Callable[[Any], Any]) -> None:
+    """Give every request ``request.<name> = factory(request)``, set when it is created.
+
+    Used instead of ``config.add_request_method(..., reify=True)``: a request property
+    makes Pyramid build a new request class for every request, which costs more than the
+    session load it serves (``benchmarks/bench_connection.py``). ``factory`` runs for every
+    request, so it must be cheap and must not talk to Redis.
+    """
+    config.add_request_method(_RequestAttribute(factory), name)
+
+
 def _request_redis(request: Any) -> redis.Redis:
     return get_redis(request)
 
@@ -488,7 +520,12 @@ def include_manager(config: Any) -> None:
         return
     manager = RedisManager(parse_settings(config.get_settings()))
     registry.registerUtility(manager, IRedisManager)
-    config.add_request_method(_request_redis, "redis", reify=True)
+    if manager.mode == "cluster":
+        # redis-py's RedisCluster connects when it is built: built eagerly for every
+        # request, a cluster that is down would fail views that never touch Redis.
+        config.add_request_method(_request_redis, "redis", reify=True)
+    else:
+        add_request_attribute(config, "redis", lambda request: manager.get())
 
 
 includeme = include_manager

@@ -42,7 +42,7 @@ import redis
 from redis.commands.core import Script
 
 from .codec import decode, encode
-from .connection import Binding, bind, get_manager, include_manager
+from .connection import Binding, add_request_attribute, bind, get_manager, include_manager
 from .exceptions import CodecError, LockNotOwned, LockTimeout
 from .keys import KeySpace
 from .lua import ScriptSet
@@ -1250,11 +1250,13 @@ def get_store(request_or_registry: Any, db_name: str | None = None) -> Proxy:
     return proxy
 
 
-def _request_store(request: Any) -> Proxy:
-    return get_store(request)
-
-
 def includeme(config: Any) -> None:
     """Register the manager and ``request.store`` (the root :class:`Proxy` of the app)."""
     include_manager(config)
-    config.add_request_method(_request_store, "store", reify=True)
+    template = get_store(config.registry)
+
+    def request_store(request: Any) -> Proxy:
+        # A new root per request (a proxy holds the locks it took); the binding is shared.
+        return Proxy._make((), template._binding_, template)
+
+    add_request_attribute(config, "store", request_store)
