@@ -492,8 +492,6 @@ def get_region(request_or_registry: Any, name: str = "default") -> TransientRegi
         ) from None
 
 
-
-
 def includeme(config: Any) -> None:
     """Add ``request.cache_key``, the regions, and the SQLAlchemy hooks when
     ``transient.cache.sqlalchemy_session`` names a session."""

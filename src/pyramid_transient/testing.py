@@ -391,9 +391,7 @@ if pytest is not None:
 
     @pytest.fixture
     def transient_memory() -> Iterator[RedisManager]:
-        manager = RedisManager.from_settings(
-            test_settings(f"memory://test-{uuid.uuid4().hex}")
-        )
+        manager = RedisManager.from_settings(test_settings(f"memory://test-{uuid.uuid4().hex}"))
         yield manager
         manager.close()
 

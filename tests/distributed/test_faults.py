@@ -378,9 +378,7 @@ def test_set_with_nx_is_not_retried(
     assert direct.get("lock") == b"me"
 
 
-def test_retry_idempotent_false_retries_nothing(
-    proxy: FaultProxy, direct: redis.Redis
-) -> None:
+def test_retry_idempotent_false_retries_nothing(proxy: FaultProxy, direct: redis.Redis) -> None:
     manager = RedisManager.from_settings(
         test_settings(
             f"redis://127.0.0.1:{proxy.port}",
