@@ -187,3 +187,32 @@ def test_codec_error_is_a_value_error() -> None:
 def test_uuid_and_bytes_round_trip() -> None:
     value = [uuid.UUID(int=1), b"\x00\xff"]
     assert codec.decode(codec.encode(value)) == value
+
+
+def test_decode_takes_bytes_bytearray_and_str() -> None:
+    value = {"a": (1, Decimal("2.5")), 3: {"x"}}
+    data = codec.encode(value)
+    assert codec.decode(data) == codec.decode(bytearray(data)) == codec.decode(data.decode())
+    assert codec.decode(data) == value
+
+
+def test_threads_sharing_the_encoder_and_decoder_get_their_own_values() -> None:
+    # One JSONEncoder and one JSONDecoder serve the process; the decoder calls back into
+    # Python for every object, so threads interleave in the middle of a decode.
+    import threading
+
+    errors: list[str] = []
+
+    def work(n: int) -> None:
+        value = {"n": n, "items": [(n, str(n), {n: Decimal(n)})] * 20, "set": {n, -n}}
+        for _ in range(300):
+            if codec.decode(codec.encode(value)) != value:
+                errors.append(f"thread {n} read another value")
+                return
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

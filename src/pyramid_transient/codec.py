@@ -134,11 +134,14 @@ def check(value: Any) -> None:
     _to_json(value)
 
 
+# One encoder and one decoder for the process (json.dumps and json.loads with options build
+# new ones at every call); like json's own default ones, they keep no state between calls.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def encode(value: Any) -> bytes:
     """Encode ``value``; raises :class:`TypeError` for a value of an unsupported type."""
-    return json.dumps(
-        _to_json(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False
-    ).encode("utf-8")
+    return _ENCODER.encode(_to_json(value)).encode("utf-8")
 
 
 def encode_str(value: Any) -> str:
@@ -209,7 +212,9 @@ def _zone(key: str) -> ZoneInfo:
 def decode(data: bytes | str) -> Any:
     """Decode a payload made by :func:`encode`; raises :class:`CodecError` if it is not one."""
     try:
-        return json.loads(data, object_hook=_untag, parse_constant=_refuse_constant)
+        return _DECODER.decode(
+            data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        )
     except CodecError:
         raise
     except (ValueError, TypeError, RecursionError) as exc:
@@ -218,3 +223,6 @@ def decode(data: bytes | str) -> Any:
 
 def _refuse_constant(name: str) -> Any:
     raise CodecError(f"JSON constant {name} is not part of the encoding")
+
+
+_DECODER = json.JSONDecoder(object_hook=_untag, parse_constant=_refuse_constant)
