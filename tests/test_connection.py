@@ -143,8 +143,9 @@ def test_request_attributes_do_not_give_each_request_its_own_class(
     [
         {"transient.url": "redis://127.0.0.1:1"},
         {"transient.cluster.nodes": "127.0.0.1:1"},
+        {"transient.sentinel.service": "mymaster", "transient.sentinel.nodes": "127.0.0.1:1"},
     ],
-    ids=["standalone", "cluster"],
+    ids=["standalone", "cluster", "sentinel"],
 )
 def test_a_view_that_does_not_use_redis_answers_while_redis_is_down(
     settings: dict[str, str],

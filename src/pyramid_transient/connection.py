@@ -498,8 +498,8 @@ def add_request_attribute(config: Any, name: str, factory: Callable[[Any], Any])
     """Give every request ``request.<name> = factory(request)``, set when it is created.
 
     Used instead of ``config.add_request_method(..., reify=True)``: a request property
-    makes Pyramid build a new request class for every request, which costs more than the
-    session load it serves (``benchmarks/bench_connection.py``). ``factory`` runs for every
+    makes Pyramid build a new request class for every request, which halves the throughput
+    of a small view (``benchmarks/bench_connection.py``). ``factory`` runs for every
     request, so it must be cheap and must not talk to Redis.
     """
     config.add_request_method(_RequestAttribute(factory), name)
