@@ -108,3 +108,73 @@ def test_a_bad_setting_is_reported_not_raised(tmp_path: Path) -> None:
     path.write_text("[app:main]\nuse = egg:pyramid-transient#demo\ntransient.db.cache = x\n")
     status, text = run(str(path), "info")
     assert status == 2 and "transient.db.cache must be an integer" in text
+
+
+def test_backup_and_restore_send_one_pipeline_per_batch_of_keys(
+    ini: str, transient_manager: RedisManager, tmp_path: Path, round_trips
+) -> None:
+    client = transient_manager.get()
+    store = transient_manager.keyspace("store")
+    client.mset({store.key(f"k{i}"): encode(i) for i in range(1200)})
+    backup = tmp_path / "many.jsonl"
+    with round_trips() as rt:
+        status, text = run(ini, "backup", str(backup))
+    assert status == 0 and "backed up 1200 keys" in text
+    # SCAN pages (1,000 keys asked per page) and 3 pipelines of at most 500 keys each,
+    # where one round trip per key would be 1,200.
+    pipelines = [c for c in rt.commands if c.startswith("DUMP")]
+    assert len(pipelines) == 3
+    assert rt.count <= 12
+
+    client.flushdb()
+    with round_trips() as rt:
+        status, text = run(ini, "restore", str(backup))
+    assert status == 0 and "restored 1200 keys, skipped 0" in text
+    assert rt.count == 3
+    assert client.get(store.key("k1199")) == encode(1199)
+
+
+def test_a_truncated_backup_is_reported_and_what_it_holds_is_restored(
+    ini: str, transient_manager: RedisManager, tmp_path: Path
+) -> None:
+    client = transient_manager.get()
+    store = transient_manager.keyspace("store")
+    client.set(store.key("a"), encode(1))
+    client.set(store.key("b"), encode(2))
+    backup = tmp_path / "b.jsonl"
+    assert run(ini, "backup", str(backup))[0] == 0
+    lines = backup.read_text().splitlines()
+    assert json.loads(lines[-1]) == {"end": "ptransient-backup", "keys": 2}
+
+    client.flushdb()
+    backup.write_text("\n".join(lines[:-2]) + "\n")  # lost its last key and its end line
+    status, text = run(ini, "restore", str(backup))
+    assert status == 1
+    assert "ends without its end line" in text and "restored 1 keys, skipped 0" in text
+    assert client.dbsize() == 1
+
+
+def test_an_end_line_that_does_not_match_the_file_is_reported(
+    ini: str, transient_manager: RedisManager, tmp_path: Path
+) -> None:
+    transient_manager.get().set(transient_manager.keyspace("store").key("a"), encode(1))
+    backup = tmp_path / "b.jsonl"
+    run(ini, "backup", str(backup))
+    lines = backup.read_text().splitlines()
+    lines[-1] = json.dumps({"end": "ptransient-backup", "keys": 5})
+    backup.write_text("\n".join(lines) + "\n")
+    status, text = run(ini, "restore", "--replace", str(backup))
+    assert status == 1 and "its end line counts 5 keys, the file holds 1" in text
+
+
+def test_a_failed_backup_leaves_the_previous_file_alone(tmp_path: Path) -> None:
+    path = tmp_path / "down.ini"
+    path.write_text(
+        "[app:main]\nuse = egg:pyramid-transient#demo\ntransient.url = redis://127.0.0.1:1\n"
+    )
+    backup = tmp_path / "nightly.jsonl"
+    backup.write_text("yesterday's backup\n")
+    status, text = run(str(path), "backup", str(backup))
+    assert status == 1 and "ptransient:" in text
+    assert backup.read_text() == "yesterday's backup\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["down.ini", "nightly.jsonl"]

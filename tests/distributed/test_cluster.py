@@ -155,3 +155,36 @@ def test_fixture_settings_name_the_cluster_nodes(
     assert len(listed) == 3
     for _, port in transient_cluster.nodes:
         assert node_client(port).cluster("info")["cluster_state"] == "ok"
+
+
+def test_ptransient_backs_up_and_restores_a_cluster(
+    transient_cluster_manager: RedisManager,
+    transient_cluster_settings: dict[str, Any],
+    tmp_path: Any,
+) -> None:
+    import io
+
+    from pyramid_transient import encode
+    from pyramid_transient.scripts.ptransient import main
+
+    manager = transient_cluster_manager
+    client = manager.get("default")
+    keys = [manager.keyspace("store").key(f"k{i}") for i in range(40)]
+    for i, key in enumerate(keys):  # spread over every master
+        client.set(key, encode(i), ex=600 if i % 2 else None)
+    ini = tmp_path / "cluster.ini"
+    lines = ["[app:main]", "use = egg:pyramid-transient#demo"]
+    lines += [f"{k} = {v}" for k, v in transient_cluster_settings.items()]
+    ini.write_text("\n".join(lines) + "\n")
+    backup = tmp_path / "cluster.jsonl"
+
+    out = io.StringIO()
+    assert main([str(ini), "backup", "--db", "default", str(backup)], out=out) == 0, out.getvalue()
+    assert "backed up 40 keys" in out.getvalue()
+    for key in keys:
+        client.delete(key)
+    out = io.StringIO()
+    assert main([str(ini), "restore", str(backup)], out=out) == 0, out.getvalue()
+    assert "restored 40 keys, skipped 0" in out.getvalue()
+    assert [client.get(key) for key in keys] == [encode(i) for i in range(40)]
+    assert client.ttl(keys[1]) > 0 and client.ttl(keys[0]) == -1

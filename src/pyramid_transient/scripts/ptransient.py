@@ -14,19 +14,26 @@ databases). Listing uses ``SCAN`` with an escaped pattern, never ``KEYS``, so it
 block the server; it is an operator's tool, not something for the request path.
 
 A backup is a JSON-lines file: a header line, then one line per key with the database
-name, the key, its remaining time to live and Redis's own ``DUMP`` payload (base64).
-``restore`` gives each payload back to ``RESTORE``; the server, not Python, parses it.
+name, the key, its remaining time to live and Redis's own ``DUMP`` payload (base64), then
+an end line with the number of keys. It is written under a temporary name and renamed when
+complete, so a backup that failed half-way never stands under the name asked for, and
+``restore`` reports a file that lost its end. ``restore`` gives each payload back to
+``RESTORE``; the server, not Python, parses it. Both send one pipeline per
+:data:`BATCH` keys.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime as dt
+import itertools
 import json
+import os
 import sys
-from collections.abc import Iterator, Sequence
-from typing import TextIO
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TextIO
 
 import redis
 
@@ -37,6 +44,8 @@ from ..keys import glob_escape
 
 FORMAT = "ptransient-backup"
 VERSION = 1
+#: Keys per pipeline in ``backup`` and ``restore``.
+BATCH = 500
 
 
 def _manager(config_uri: str) -> RedisManager:
@@ -70,6 +79,12 @@ def _pattern(manager: RedisManager, name: str, capability: str | None = None) ->
 
 def _scan(client: redis.Redis, pattern: str) -> Iterator[bytes]:
     yield from client.scan_iter(match=pattern, count=1000)
+
+
+def _batches(items: Iterable[Any], size: int = BATCH) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 def cmd_info(manager: RedisManager, args: argparse.Namespace, out: TextIO) -> int:
@@ -143,37 +158,87 @@ def cmd_show(manager: RedisManager, args: argparse.Namespace, out: TextIO) -> in
 
 def cmd_backup(manager: RedisManager, args: argparse.Namespace, out: TextIO) -> int:
     count = 0
-    with open(args.file, "w", encoding="utf-8") as fh:
-        header = {
-            "format": FORMAT,
-            "version": VERSION,
-            "key_prefix": manager.settings.key_prefix,
-            "created": dt.datetime.now(dt.UTC).isoformat(),
-        }
-        fh.write(json.dumps(header) + "\n")
-        for name in _databases(manager, args.db or None):
-            client = manager.get(name)
-            for key in _scan(client, _pattern(manager, name)):
-                with client.pipeline(transaction=False) as pipe:
-                    pipe.dump(key)
-                    pipe.pttl(key)
-                    payload, ttl = pipe.execute()
-                if payload is None:  # expired or deleted since SCAN saw it
-                    continue
-                line = {
-                    "db": name,
-                    "key": base64.b64encode(key).decode("ascii"),
-                    "ttl_ms": ttl if ttl > 0 else 0,
-                    "dump": base64.b64encode(payload).decode("ascii"),
-                }
-                fh.write(json.dumps(line) + "\n")
-                count += 1
+    partial = f"{args.file}.partial"
+    try:
+        with open(partial, "w", encoding="utf-8") as fh:
+            header = {
+                "format": FORMAT,
+                "version": VERSION,
+                "key_prefix": manager.settings.key_prefix,
+                "created": dt.datetime.now(dt.UTC).isoformat(),
+            }
+            fh.write(json.dumps(header) + "\n")
+            for name in _databases(manager, args.db or None):
+                client = manager.get(name)
+                for keys in _batches(_scan(client, _pattern(manager, name))):
+                    with client.pipeline(transaction=False) as pipe:
+                        for key in keys:
+                            pipe.dump(key)
+                            pipe.pttl(key)
+                        replies = pipe.execute()
+                    for key, payload, ttl in zip(keys, replies[::2], replies[1::2], strict=True):
+                        # Gone since SCAN saw it (no payload), or expired between DUMP and
+                        # PTTL (-2): restoring it without its expiry would revive it.
+                        if payload is None or ttl == -2:
+                            continue
+                        line = {
+                            "db": name,
+                            "key": base64.b64encode(key).decode("ascii"),
+                            "ttl_ms": ttl if ttl > 0 else 0,
+                            "dump": base64.b64encode(payload).decode("ascii"),
+                        }
+                        fh.write(json.dumps(line) + "\n")
+                        count += 1
+            fh.write(json.dumps({"end": FORMAT, "keys": count}) + "\n")
+        os.replace(partial, args.file)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise
     out.write(f"backed up {count} keys to {args.file}\n")
     return 0
 
 
+class _Restorer:
+    """Sends RESTOREs in one pipeline per database and :data:`BATCH` keys."""
+
+    def __init__(self, manager: RedisManager, replace: bool, out: TextIO) -> None:
+        self.manager = manager
+        self.replace = replace
+        self.out = out
+        self.pending: dict[str, list[tuple[int, bytes, int, bytes]]] = {}
+        self.restored = 0
+        self.skipped = 0
+
+    def add(self, number: int, db: str, key: bytes, ttl: int, payload: bytes) -> None:
+        batch = self.pending.setdefault(db, [])
+        batch.append((number, key, ttl, payload))
+        if len(batch) >= BATCH:
+            self.flush(db)
+
+    def flush(self, db: str | None = None) -> None:
+        for name in [db] if db is not None else list(self.pending):
+            batch = self.pending.pop(name, [])
+            if not batch:
+                continue
+            with self.manager.get(name).pipeline(transaction=False) as pipe:
+                for _, key, ttl, payload in batch:
+                    pipe.restore(key, ttl, payload, replace=self.replace)
+                replies = pipe.execute(raise_on_error=False)
+            for (number, key, _, _), reply in zip(batch, replies, strict=True):
+                if isinstance(reply, redis.ResponseError):
+                    self.out.write(f"line {number}: {key!r} not restored: {reply}\n")
+                    self.skipped += 1
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    self.restored += 1
+
+
 def cmd_restore(manager: RedisManager, args: argparse.Namespace, out: TextIO) -> int:
-    restored = skipped = 0
+    restorer = _Restorer(manager, args.replace, out)
+    entries = 0
+    end: dict[str, Any] | None = None
     with open(args.file, encoding="utf-8") as fh:
         try:
             header = json.loads(fh.readline())
@@ -185,23 +250,34 @@ def cmd_restore(manager: RedisManager, args: argparse.Namespace, out: TextIO) ->
         for number, line in enumerate(fh, start=2):
             try:
                 entry = json.loads(line)
+                if isinstance(entry, dict) and entry.get("end") == FORMAT:
+                    end = entry
+                    break
+                entries += 1
                 key = base64.b64decode(entry["key"], validate=True)
                 payload = base64.b64decode(entry["dump"], validate=True)
                 ttl = int(entry["ttl_ms"])
-                client = manager.get(str(entry["db"]))
+                db = str(entry["db"])
+                manager.db_number(db)  # an unknown name is refused here, not mid-batch
             except (ValueError, KeyError, TypeError, TransientError) as exc:
                 out.write(f"line {number}: skipped, {exc}\n")
-                skipped += 1
+                restorer.skipped += 1
                 continue
-            try:
-                client.restore(key, ttl, payload, replace=args.replace)
-            except redis.ResponseError as exc:
-                out.write(f"line {number}: {key!r} not restored: {exc}\n")
-                skipped += 1
-                continue
-            restored += 1
-    out.write(f"restored {restored} keys, skipped {skipped}\n")
-    return 0 if not skipped else 1
+            restorer.add(number, db, key, ttl, payload)
+    restorer.flush()
+    complete = end is not None and end.get("keys") == entries
+    if not complete:
+        out.write(
+            f"{args.file} is incomplete: "
+            + (
+                "it ends without its end line (truncated?)"
+                if end is None
+                else f"its end line counts {end.get('keys')!r} keys, the file holds {entries}"
+            )
+            + "; the keys it does hold were restored as listed\n"
+        )
+    out.write(f"restored {restorer.restored} keys, skipped {restorer.skipped}\n")
+    return 0 if complete and not restorer.skipped else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
