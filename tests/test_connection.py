@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import redis
 
 from pyramid_transient import RedisManager, UnknownDatabase
+from pyramid_transient.testing import test_settings
 
 
 def test_named_databases_are_isolated(transient_manager: RedisManager) -> None:
@@ -211,6 +214,14 @@ def test_keyspace_of_unknown_name_is_an_error(transient_manager: RedisManager) -
         (("DEL", "k"), False),
         (("HGETALL", "k"), True),
         (("GETEX", "k", "EX", 60), True),
+        ((b"SET", b"k", b"v", b"px", b"1500"), True),
+        (("SET", "k", "v", "EX", 5, "NX"), False),
+        (("SET", "k", "v", "KEEPTTL"), False),
+        # redis-py 8's compare-and-set: sent twice after a lost reply, the second answers
+        # nil and the caller is told its CAS failed although it succeeded.
+        (("SET", "k", "new", "IFEQ", "old"), False),
+        (("SET", "k", "new", "IFDEQ", "abcd"), False),
+        (("SET", "k", "new", "EX", 5, "IFNE", "old"), False),
     ],
 )
 def test_only_idempotent_commands_are_retried(args: tuple[object, ...], idempotent: bool) -> None:
@@ -257,3 +268,32 @@ def test_close_forgets_the_clients_and_get_builds_new_ones(
     assert second is not first
     assert second.ping()
     manager.close()
+
+
+def test_database_number_in_url_does_not_override_named_databases(
+    transient_redis_url: str,
+) -> None:
+    # docs/settings.rst: "A database number in the URL is ignored: databases come from
+    # transient.db.*". redis-py's ConnectionPool.from_url lets the URL's db win over the
+    # db= keyword, so every named database lands in the URL's database.
+    settings = test_settings(transient_redis_url + "/15", key_prefix="review")
+    manager = RedisManager.from_settings(settings)
+    key = f"review-{uuid.uuid4().hex}"
+    try:
+        manager.get("sessions").set(key, b"1", ex=60)
+        direct = redis.Redis.from_url(transient_redis_url, db=14)
+        try:
+            assert direct.get(key) == b"1", "sessions (db 14) wrote to the URL's db 15"
+        finally:
+            direct.delete(key)
+            direct.close()
+    finally:
+        manager.get("celery").delete(key)  # db 15, where it landed
+        manager.close()
+
+
+def test_sentinel_url_for_brackets_ipv6_hosts() -> None:
+    manager = RedisManager.from_settings(
+        {"transient.sentinel.service": "mymaster", "transient.sentinel.nodes": "[::1]:26379"}
+    )
+    assert manager.url_for() == "sentinel://[::1]:26379/0"

@@ -6,7 +6,7 @@ import pytest
 from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError as PyramidConfigurationError
 
-from pyramid_transient import ConfigurationError, parse_settings
+from pyramid_transient import ConfigurationError, RedisManager, parse_settings
 from pyramid_transient.settings import SETTINGS, TransientSettings
 
 
@@ -211,3 +211,13 @@ def test_password_for_sentinel_data_servers() -> None:
         }
     )
     assert parsed.password == "0123"
+
+
+@pytest.mark.parametrize(
+    "value", ["redis://[::1:6379", "redis://localhost:abc", "redis://localhost:99999"]
+)
+def test_bad_url_is_a_configuration_error_at_startup(value: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        manager = RedisManager.from_settings({"transient.url": value})
+        manager.get()  # if parsing let it through, the first use must not be the one failing
+    assert info.value.key == "transient.url" and value in str(info.value)

@@ -71,20 +71,25 @@ IDEMPOTENT_COMMANDS = frozenset(
     }
 )  # fmt: skip
 
-# SET is a full-value write unless an option makes its reply or effect depend on the
-# previous state (NX/XX/GET) or on the previous expiry (KEEPTTL).
-_SET_UNSAFE_OPTIONS = frozenset({b"NX", b"XX", b"GET", b"KEEPTTL"})
+# SET is a full-value write when its only options set an expiry. Any other option makes
+# its reply or effect depend on the previous state (NX, XX, GET, KEEPTTL, and redis-py 8's
+# compare-and-set IFEQ/IFNE/IFDEQ/IFDNE, which a second send would answer with nil): an
+# allow-list, so that an option added later is not retried by default.
+_SET_SAFE_OPTIONS = frozenset({b"EX", b"PX", b"EXAT", b"PXAT"})
 
 _NO_RETRY = Retry(NoBackoff(), 0)
 
 
+def _word(arg: Any) -> bytes:
+    return arg.upper() if isinstance(arg, bytes) else str(arg).upper().encode()
+
+
 def _is_idempotent(args: tuple[Any, ...]) -> bool:
-    name = str(args[0]).upper() if not isinstance(args[0], bytes) else args[0].decode().upper()
+    name = _word(args[0]).decode()
     if name == "SET":
-        options = {
-            a.upper() if isinstance(a, bytes) else str(a).upper().encode() for a in args[3:]
-        }
-        return not (options & _SET_UNSAFE_OPTIONS)
+        # Nothing but pairs of an expiry option and its number: SET k v EX 60.
+        options = [_word(a) for a in args[3:]]
+        return len(options) % 2 == 0 and all(o in _SET_SAFE_OPTIONS for o in options[::2])
     return name in IDEMPOTENT_COMMANDS
 
 
@@ -167,6 +172,11 @@ def memory_server(url: str) -> Any:
                 url,
             )
         return server
+
+
+def _host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets as URLs want it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def redact_url(url: str) -> str:
@@ -286,15 +296,16 @@ class RedisManager:
         pid = os.getpid()
         if pid != self._pid:
             # A forked child must not share its parent's sockets: forget (without closing,
-            # which would disturb the parent's connections) and build anew on demand.
-            with self._lock:
-                if pid != self._pid:
-                    self._clients = {}
-                    self._by_name = {}
-                    self._cluster = None
-                    self._sentinel = None
-                    self._lock = threading.Lock()
-                    self._pid = pid
+            # which would disturb the parent's connections) and build anew on demand. The
+            # inherited lock is replaced, never taken: another thread of the parent may
+            # have held it at the fork (building a Cluster client, say), and nothing in
+            # the child would ever release it.
+            self._lock = threading.Lock()
+            self._clients = {}
+            self._by_name = {}
+            self._cluster = None
+            self._sentinel = None
+            self._pid = pid
 
     def _common_kwargs(self) -> dict[str, Any]:
         s = self.settings
@@ -423,7 +434,9 @@ class RedisManager:
             if s.password:
                 user = urlquote(s.username or "", safe="")
                 auth = f"{user}:{urlquote(s.password, safe='')}@"
-            return ";".join(f"sentinel://{auth}{h}:{p}/{db}" for h, p in s.sentinel_nodes)
+            return ";".join(
+                f"sentinel://{auth}{_host_port(h, p)}/{db}" for h, p in s.sentinel_nodes
+            )
         parts = urlsplit(s.url)
         if parts.scheme == "memory":
             return f"memory://{parts.netloc}/{db}"

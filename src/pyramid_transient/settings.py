@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from .exceptions import ConfigurationError
 
@@ -263,11 +263,36 @@ def nodes(key: str, value: Any) -> tuple[Node, ...]:
 
 
 def url(key: str, value: Any) -> str:
+    """The server URL, without a database: databases come from ``transient.db.*``.
+
+    redis-py lets a database in the URL (``/0`` or ``?db=0``) win over the one a pool is
+    built for, which would put every named database in that one; so it is dropped here.
+    """
     text = _text(value)
-    scheme = urlsplit(text).scheme
-    if scheme not in _URL_SCHEMES or "://" not in text:
-        raise _fail(key, value, "a URL starting with redis://, rediss://, unix:// or memory://")
-    return text
+    accepted = "a URL starting with redis://, rediss://, unix:// or memory://"
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises for a port that is not a number in 0-65535
+    except ValueError as exc:
+        raise _fail(
+            key,
+            value,
+            f"a valid URL ({exc}) starting with redis://, rediss://, unix:// or memory://",
+        ) from None
+    if parts.scheme not in _URL_SCHEMES or "://" not in text:
+        raise _fail(key, value, accepted)
+    if parts.scheme in ("redis", "rediss") and (not parts.hostname or port == 0):
+        raise _fail(key, value, f"{parts.scheme}://[user:password@]host[:port]")
+    if parts.scheme == "unix" and not parts.path:
+        raise _fail(key, value, "unix:///path/to/redis.sock")
+    if parts.scheme == "memory":
+        return text
+    query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("db="))
+    path = parts.path if parts.scheme == "unix" else ""
+    clean = parts._replace(path=path, query=query)
+    if parts.scheme == "unix":  # urlunsplit would drop the empty authority: "unix:/path"
+        return f"unix://{clean.netloc}{clean.path}" + (f"?{query}" if query else "")
+    return urlunsplit(clean)
 
 
 def key_prefix(key: str, value: Any) -> str:

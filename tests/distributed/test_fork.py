@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -92,3 +93,36 @@ def test_client_taken_before_fork_reconnects_in_the_child(manager: RedisManager)
     child_id = _in_child(lambda: _client_id(parent_client, manager))
     assert child_id != parent_id
     assert _client_id(parent_client, manager) == parent_id
+
+
+def test_fork_while_another_thread_holds_the_manager_lock_does_not_deadlock(
+    transient_memory: RedisManager,
+) -> None:
+    manager = transient_memory
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # e.g. a thread building a Cluster client (network I/O) under the lock
+        with manager._lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(5)
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            done = threading.Event()
+
+            def use() -> None:
+                manager.get("default")
+                done.set()
+
+            threading.Thread(target=use, daemon=True).start()
+            os._exit(0 if done.wait(3) else 1)
+        except BaseException:
+            os._exit(2)
+    release.set()
+    thread.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked child deadlocked in get()"
