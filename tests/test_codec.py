@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 import math
 import uuid
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -216,3 +218,38 @@ def test_threads_sharing_the_encoder_and_decoder_get_their_own_values() -> None:
     for t in threads:
         t.join()
     assert errors == []
+
+
+class Color(str, enum.Enum):  # noqa: UP042 - the (str, Enum) mixin is the case under test
+    RED = "red"
+
+
+def test_str_mixin_enum_is_stored_as_its_value() -> None:
+    # str(Color.RED) is "Color.RED": the codec silently stores the wrong string.
+    assert codec.decode(codec.encode(Color.RED)) == "red"
+    assert codec.decode(codec.encode({"c": Color.RED})) == {"c": "red"}
+
+
+def test_lone_surrogate_string_round_trips() -> None:
+    # json.loads('"\\ud800"') (e.g. a request body) gives such a str; it is a str, so
+    # storing it must work (or be refused with TypeError), not raise UnicodeEncodeError.
+    value = "a\ud800b"
+    assert codec.decode(codec.encode(value)) == value
+
+
+def test_aware_datetime_near_max_in_a_zoneinfo_zone_round_trips() -> None:
+    value = dt.datetime(9999, 12, 31, 23, 0, tzinfo=ZoneInfo("America/New_York"))
+    assert codec.decode(codec.encode(value)) == value
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"__t__":"timedelta","v":[1000000000,0,0]}',
+        b'{"__t__":"timedelta","v":[1e300,0,0]}',
+        b'{"__t__":"datetime","v":["9999-12-31T23:00:00+00:00","Asia/Tokyo"]}',
+    ],
+)
+def test_tampered_payload_raises_codec_error(payload: bytes) -> None:
+    with pytest.raises(CodecError):
+        codec.decode(payload)

@@ -99,15 +99,16 @@ def _to_json(value: Any, depth: int = 0) -> Any:
         return _tagged("timedelta", [value.days, value.seconds, value.microseconds])
     if cls is uuid.UUID:
         return _tagged("uuid", str(value))
-    # Subclasses of the JSON types are stored as their base type.
+    # Subclasses of the JSON types are stored as their base type's value, read through the
+    # base type's own method: str() of a (str, Enum) member is "Color.RED", not "red".
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, str):
-        return str(value)
+        return str.__str__(value)
     if isinstance(value, int):
-        return int(value)
+        return int.__int__(value)
     if isinstance(value, float):
-        return _to_json(float(value), depth)
+        return _to_json(float.__float__(value), depth)
     if isinstance(value, tuple):
         return _tagged("tuple", [_to_json(v, depth + 1) for v in value])
     if isinstance(value, list):
@@ -137,11 +138,18 @@ def check(value: Any) -> None:
 # One encoder and one decoder for the process (json.dumps and json.loads with options build
 # new ones at every call); like json's own default ones, they keep no state between calls.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# For text holding a lone surrogate ("\ud800", which json.loads of a request body can give):
+# UTF-8 cannot carry it, a \u escape can.
+_ASCII_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
 
 
 def encode(value: Any) -> bytes:
     """Encode ``value``; raises :class:`TypeError` for a value of an unsupported type."""
-    return _ENCODER.encode(_to_json(value)).encode("utf-8")
+    tree = _to_json(value)
+    try:
+        return _ENCODER.encode(tree).encode("utf-8")
+    except UnicodeEncodeError:
+        return _ASCII_ENCODER.encode(tree).encode("ascii")
 
 
 def encode_str(value: Any) -> str:
@@ -179,7 +187,7 @@ def _untag(obj: dict[str, Any]) -> Any:
         if tag == "datetime":
             if isinstance(v, list):
                 iso, zone = v
-                return dt.datetime.fromisoformat(iso).astimezone(_zone(zone))
+                return _in_zone(dt.datetime.fromisoformat(iso), _zone(zone))
             return dt.datetime.fromisoformat(v)
         if tag == "date":
             return dt.date.fromisoformat(v)
@@ -197,9 +205,28 @@ def _untag(obj: dict[str, Any]) -> Any:
             return {_hashable(k): val for k, val in v}
     except CodecError:
         raise
-    except (TypeError, ValueError, AttributeError, InvalidOperation, binascii.Error) as exc:
+    except (
+        TypeError,
+        ValueError,
+        AttributeError,
+        OverflowError,
+        InvalidOperation,
+        binascii.Error,
+    ) as exc:
         raise CodecError(f"malformed {tag!r} value: {exc}") from None
     raise CodecError(f"unknown tag {tag!r}")
+
+
+def _in_zone(stamp: dt.datetime, zone: ZoneInfo) -> dt.datetime:
+    # The stored text is the wall time in the zone with its offset. Put the zone back on
+    # the wall time (the second of a repeated hour has fold=1) rather than converting
+    # through UTC, which overflows near datetime.max and datetime.min.
+    local = stamp.replace(tzinfo=zone)
+    if local.utcoffset() != stamp.utcoffset():
+        local = local.replace(fold=1)
+        if local.utcoffset() != stamp.utcoffset():
+            return stamp.astimezone(zone)  # an offset the zone never had there (foreign)
+    return local
 
 
 def _zone(key: str) -> ZoneInfo:
