@@ -43,8 +43,13 @@ class ScriptSet:
             with self._lock:
                 found = self._by_client.get(client)
                 if found is None:
-                    found = {
-                        name: client.register_script(src) for name, src in self.sources.items()
-                    }
+                    found = {}
+                    for name, src in self.sources.items():
+                        script = client.register_script(src)
+                        # A Script keeps its client; a strong reference from the value of
+                        # this weak map would keep the key (the client, its pool) alive.
+                        # Every call passes client=, so a weak proxy is enough.
+                        script.registered_client = weakref.proxy(client)
+                        found[name] = script
                     self._by_client[client] = found
         return found
