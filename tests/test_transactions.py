@@ -110,3 +110,19 @@ def test_default_is_the_threads_transaction_manager() -> None:
     with transaction.manager:
         after_commit("a", lambda: done.append("a"))
     assert done == ["a"]
+
+
+def test_after_commit_work_survives_an_earlier_savepoint_rollback() -> None:
+    import transaction
+
+    from pyramid_transient.transactions import after_commit
+
+    tm = transaction.TransactionManager(explicit=False)
+    ran: list[str] = []
+    tm.begin()
+    savepoint = tm.savepoint()  # e.g. around a block that may hit an IntegrityError
+    after_commit("inside", lambda: ran.append("inside"), transaction_manager=tm)
+    savepoint.rollback()  # drops "inside" and un-joins our data manager
+    after_commit("after", lambda: ran.append("after"), transaction_manager=tm)
+    tm.commit()
+    assert ran == ["after"]

@@ -45,6 +45,9 @@ class AfterCommit:
         self.transaction_manager = transaction_manager
         #: ``(description, callable)`` pairs, run in order after the commit.
         self.work: list[tuple[str, Callable[[], None]]] = []
+        #: Whether the transaction holds this manager. Rolling back a savepoint taken
+        #: before it joined aborts it and removes it from the transaction.
+        self.joined = False
 
     def add(self, what: str, action: Callable[[], None]) -> None:
         self.work.append((what, action))
@@ -52,6 +55,7 @@ class AfterCommit:
     # IDataManager
     def abort(self, txn: Any) -> None:
         self.work.clear()
+        self.joined = False
 
     def tpc_begin(self, txn: Any) -> None:
         pass
@@ -108,7 +112,9 @@ def after_commit(
         manager: AfterCommit = txn.data(_DATA_KEY)
     except KeyError:
         manager = AfterCommit(transaction_manager)
-        txn.join(manager)
         txn.set_data(_DATA_KEY, manager)
+    if not manager.joined:
+        txn.join(manager)
+        manager.joined = True
     manager.add(what, action)
     return manager
