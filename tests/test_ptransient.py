@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
-from pyramid_transient import RedisManager, encode
+from pyramid_transient import RedisManager, codec, encode
 from pyramid_transient.scripts.ptransient import main
 
 
@@ -178,3 +179,14 @@ def test_a_failed_backup_leaves_the_previous_file_alone(tmp_path: Path) -> None:
     assert status == 1 and "ptransient:" in text
     assert backup.read_text() == "yesterday's backup\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["down.ini", "nightly.jsonl"]
+
+
+def test_show_a_dict_with_non_string_keys(ini: str, transient_manager: RedisManager) -> None:
+    from pyramid_transient.scripts.ptransient import main
+
+    key = transient_manager.keyspace("store").key("k")
+    value: Any = {(None,): [1, "bar"]}  # the example of DESIGN section 4
+    transient_manager.get().set(key, codec.encode(value))
+    out = io.StringIO()
+    assert main([ini, "show", key], out=out) == 0
+    assert "bar" in out.getvalue()

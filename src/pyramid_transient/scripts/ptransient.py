@@ -124,9 +124,13 @@ def cmd_keys(manager: RedisManager, args: argparse.Namespace, out: TextIO) -> in
 
 def _show_value(raw: bytes | str) -> str:
     try:
-        return json.dumps(decode(raw), default=repr, ensure_ascii=False)
+        value = decode(raw)
     except CodecError:
         return f"(not our encoding) {raw[:200]!r}"
+    try:
+        return json.dumps(value, default=repr, ensure_ascii=False)
+    except (TypeError, ValueError):  # dict keys JSON cannot hold, such as tuples
+        return repr(value)
 
 
 def cmd_show(manager: RedisManager, args: argparse.Namespace, out: TextIO) -> int:
