@@ -888,3 +888,13 @@ def test_wait_replicas_works_behind_sentinel(transient_sentinel_manager: RedisMa
     with safe.atomic() as s:
         s["a"] += 1
     assert safe["a"] == 2
+
+
+def test_an_atomic_block_reads_a_corrupt_value_as_missing_when_iterating(
+    safe: Safe, transient_redis: redis.Redis
+) -> None:
+    safe["good"] = 1
+    transient_redis.hset(safe.key, "bad", b"{")
+    assert safe.snapshot() == {"good": 1}
+    with safe.atomic() as s:
+        assert dict(s.items()) == {"good": 1}

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import redis
 from pyramid.config import Configurator
 from pyramid.request import Request, apply_request_extensions
 
@@ -625,3 +626,15 @@ def test_a_section_can_hold_a_scalar_then_a_subtree(client: Any) -> None:
     assert section("s", redis=client).val() == 5
     root(redis=client).set("s.a", 1)
     assert section("s", redis=client).val() == {"a": 1}
+
+
+def test_a_huge_section_expiry_is_refused_or_applied_never_half_written(client: Any) -> None:
+    # _ms() accepts any finite positive number; 1e14 s makes the deadline >= 1e17 ms, which
+    # Lua hands to PEXPIREAT as "1.0...e+17": the script fails after HSET/ZADD ran.
+    try:
+        root(redis=client).set("s", {"a": 1}, expire=1e14)
+    except (ValueError, redis.ResponseError):
+        # refused: then nothing may have been written
+        assert not section("s", redis=client).exists()
+    else:
+        assert section("s", redis=client).val() == {"a": 1}

@@ -372,3 +372,25 @@ def test_threads_sharing_a_proxy_share_its_lock_object(
         t.join(5)
     assert len(seen) == 2
     assert seen[0] is seen[1] is shared.lock
+
+
+def test_children_from_iter_children_carry_the_parents_lock(client: Any) -> None:
+    sect = section("s", redis=client, lock_expire_timeout=0.05)
+    sect.set("doc", {"a": 1, "b": 2})
+    doc = sect.get("doc")
+    doc.acquire()
+    time.sleep(0.08)  # our lock expired ...
+
+    def take_and_keep() -> int:
+        other = Lock(client, "s.doc", expire_timeout=30)
+        return other.acquire(blocking=False)  # ... and another owner holds it now
+
+    assert isinstance(other_owner(take_and_keep), int)
+    child = next(iter(doc.iter_children()))
+    assert child.key() == "s.doc.a"
+    # A proxy got from the locked one: its write must be refused, as doc.get("a")'s is.
+    with pytest.raises(LockNotOwned):
+        doc.get("a").add(1)
+    with pytest.raises(LockNotOwned):
+        child.add(1)
+    assert sect.get("doc").val() == {"a": 1, "b": 2}

@@ -809,14 +809,23 @@ class Transaction(MutableMapping[str, Any]):
         self[key]  # KeyError when absent; records the read
         self._writes[_field(key)] = None
 
+    def _readable(self) -> list[str]:
+        # As Safe.snapshot(): a field whose name is not UTF-8 or whose value does not
+        # decode (logged) reads as missing, so iterating never meets a key it cannot read.
+        names = []
+        for field, raw in self._visible().items():
+            name = _text(field)
+            if name is not None and self._safe._decode(name, raw) is not _MISSING:
+                names.append(name)
+        return names
+
     def __iter__(self) -> Iterator[str]:
         self._check_open()
-        names = (_text(f) for f in self._visible())
-        return iter([n for n in names if n is not None])
+        return iter(self._readable())
 
     def __len__(self) -> int:
         self._check_open()
-        return len(self._visible())
+        return len(self._readable())
 
     def clear(self) -> None:
         self._check_open()

@@ -743,13 +743,22 @@ def _bind(
     )
 
 
+#: The longest expiry or lock time accepted (about 317 years): deadlines must stay integers
+#: that Lua prints without an exponent, or PEXPIREAT refuses them after a script has
+#: already written.
+MAX_SECONDS = 10**10
+
+
 def _ms(seconds: float, what: str) -> int:
     if (
         isinstance(seconds, bool)
         or not isinstance(seconds, int | float)
-        or not 0 < seconds < math.inf
+        or not 0 < seconds <= MAX_SECONDS
     ):
-        raise ValueError(f"{what} must be a positive number of seconds, not {seconds!r}")
+        raise ValueError(
+            f"{what} must be a positive number of seconds up to {MAX_SECONDS}, "
+            f"not {seconds!r}"
+        )
     return max(1, round(seconds * 1000))
 
 
@@ -1107,7 +1116,9 @@ class Proxy:
                 if rest is not None and len(rest) == 1:
                     children.append(rest[0])
         for name in children:
-            yield self._make((*self._path, name), self._binding_, self)
+            child = self._make((*self._path, name), self._binding_, self)
+            child._guards = (self, *self._guards)  # as get(): writes check our locks
+            yield child
 
     def expire(self, seconds: float) -> bool:
         """Expire this node and its whole subtree in ``seconds``; False if it does not
