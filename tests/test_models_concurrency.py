@@ -379,3 +379,55 @@ def test_models_work_through_sentinel(transient_sentinel_manager: RedisManager) 
     Watched(id=1, n=2).save()
     assert Watched.get(1).n == 2
     assert [w.id for w in Watched.filter(n=2)] == [1]
+
+
+class RAcct(RedisModel):
+    __storage_name__ = f"RAcct{uuid.uuid4().hex[:6]}"
+    id: int
+    x: int = 0
+    y: int = 0
+
+
+@pytest.fixture
+def fresh_txn() -> Iterator[Any]:
+    transaction.abort()
+    yield transaction.begin()
+    transaction.abort()
+
+
+def test_deferred_if_unmodified_save_checks_the_version_it_was_built_from(
+    transient_manager: RedisManager, fresh_txn: Any
+) -> None:
+    RAcct.bind(transient_manager)
+    try:
+        RAcct(id=1).save()
+        mine = RAcct.get(1)
+        mine.x = 1
+        mine.save(on_commit=True, if_unmodified=True)  # snapshot x=1, y=0, built from v1
+        theirs = RAcct.get(1)
+        theirs.y = 2
+        theirs.save()  # v2, written after our call
+        mine.refresh()  # we look again; our deferred snapshot is still the one of v1
+        fresh_txn.commit()
+        assert RAcct.get(1).y == 2, "their write was overwritten by a snapshot of v1"
+    finally:
+        RAcct.unbind()
+
+
+def test_two_deferred_if_unmodified_saves_by_one_holder_both_land(
+    transient_manager: RedisManager, fresh_txn: Any
+) -> None:
+    RAcct.bind(transient_manager)
+    try:
+        RAcct(id=2).save()
+        mine = RAcct.get(2)
+        mine.x = 1
+        mine.save(on_commit=True, if_unmodified=True)
+        mine.y = 5
+        mine.save(on_commit=True, if_unmodified=True)  # built on top of the first one
+        mine.delete(on_commit=True, if_unmodified=True)
+        fresh_txn.commit()
+        with pytest.raises(KeyError):
+            RAcct.get(2)
+    finally:
+        RAcct.unbind()

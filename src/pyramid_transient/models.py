@@ -651,6 +651,15 @@ class RedisModel(BaseModel):
 
     _pk: str | None = PrivateAttr(default=None)
     _version: int = PrivateAttr(default=0)
+    # Versions this object's own deferred writes moved it from and to: a deferred write
+    # checks the version it was requested on, followed through these (its own earlier
+    # deferred writes of the transaction), never a version read in between.
+    _deferred_moves: dict[int, int] = PrivateAttr(default_factory=dict)
+
+    def _deferred_base(self, version: int) -> int:
+        while version in self._deferred_moves:
+            version = self._deferred_moves[version]
+        return version
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -878,18 +887,22 @@ class RedisModel(BaseModel):
         check = meta.optimistic if if_unmodified is None else if_unmodified
         pk = self.pk
         index_args = self._index_args()
+        requested_on = self._version  # the version the payload was built on
 
         def write() -> None:
             keys = cls._keys()
             data_key = keys.data if meta.layout == "hash" else keys.obj(pk)
-            expected = str(self._version) if check else ""
+            base = self._deferred_base(requested_on) if on_commit else requested_on
+            expected = str(base) if check else ""
             args = [pk, payload, "" if ttl is None else ttl, expected, PURGE_BATCH, *index_args]
             ok, version = cls._run(keys, "save", data_key, (), args)
             if not ok:
                 raise ConflictError(
                     f"{cls.__name__} {pk!r} was changed since it was read (version "
-                    f"{self._version}, now {version}); reload it and try again"
+                    f"{base}, now {version}); reload it and try again"
                 )
+            if on_commit:
+                self._deferred_moves[base] = int(version)
             self._version = int(version)
 
         if on_commit:
@@ -911,16 +924,18 @@ class RedisModel(BaseModel):
         check = meta.optimistic if if_unmodified is None else if_unmodified
         pk = self.pk
         result: list[bool] = [False]
+        requested_on = self._version
 
         def remove() -> None:
             keys = cls._keys()
             extra = [keys.obj(pk)] if meta.layout == "key" else []
-            args = ["check", pk, self._version] if check else ["", pk, ""]
+            base = self._deferred_base(requested_on) if on_commit else requested_on
+            args = ["check", pk, base] if check else ["", pk, ""]
             ok, n = cls._run(keys, "delete", keys.data, extra, args)
             if not ok:
                 raise ConflictError(
                     f"{cls.__name__} {pk!r} was changed since it was read (version "
-                    f"{self._version}, now {n}); reload it and try again"
+                    f"{base}, now {n}); reload it and try again"
                 )
             self._version = 0
             result[0] = bool(n)
