@@ -610,6 +610,45 @@ def _owner(transaction: Any) -> Any:
     return parent
 
 
+def _parent_rows(state: Any, *, whole: bool) -> set[Identity]:
+    """The rows a flushed row points to through its many-to-one relationships, before and
+    after the flush: moving a child (``book.author_id = 2`` or ``book.author = other``)
+    changes the parent it left and the one it joined, as appending to a collection does.
+
+    ``whole`` (an insert or a delete) counts the foreign keys as they are; an update only
+    the ones it changed.
+    """
+    from sqlalchemy.orm import MANYTOONE
+
+    found: set[Identity] = set()
+    mapper = state.mapper
+    for prop in mapper.relationships:
+        if prop.direction is not MANYTOONE:
+            continue
+        local_of = {remote: local for local, remote in prop.local_remote_pairs}
+        try:
+            columns = [local_of[c] for c in prop.mapper.primary_key]
+            keys = [mapper.get_property_by_column(c).key for c in columns]
+        except Exception:  # joins on something other than the parent's primary key
+            continue
+        old: list[Any] = []
+        new: list[Any] = []
+        changed = False
+        for key in keys:
+            added, unchanged, deleted = state.attrs[key].history
+            same = unchanged[0] if unchanged else None
+            new.append(added[0] if added else same)
+            old.append(deleted[0] if deleted else same)
+            changed = changed or bool(added or deleted)
+        if not (changed or whole):
+            continue
+        info = _mapper_info(prop.mapper)
+        for values in (old, new):
+            if None not in values:
+                found.add(info.row(values))
+    return found
+
+
 class InvalidationListener:
     """Records what each transaction changed and invalidates its tokens once it commits.
 
@@ -644,6 +683,12 @@ class InvalidationListener:
         self._store: TokenStore | None = None
         self._pending: weakref.WeakKeyDictionary[Any, set[Identity]] = weakref.WeakKeyDictionary()
         self._early: weakref.WeakKeyDictionary[Any, set[Identity]] = weakref.WeakKeyDictionary()
+        # The session each connection serves (for after_execute), and the engines whose
+        # statements after_execute sees.
+        self._sessions: weakref.WeakKeyDictionary[Any, weakref.ref[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._engines: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ where to
@@ -714,6 +759,7 @@ class InvalidationListener:
             if not is_delete and state.key is not None and not session.is_modified(obj):
                 continue  # in the flush for bookkeeping only: no row written
             found.update(self._changed_identities(obj))
+            found.update(_parent_rows(state, whole=is_delete or state.key is None))
         if found:
             self._record(session, found)
 
@@ -741,11 +787,54 @@ class InvalidationListener:
         self._record(state.session, found)
 
     def after_begin(self, session: Any, transaction: Any, connection: Any) -> None:
-        """Hand what a transaction's first statement recorded to that transaction."""
+        """Hand what a transaction's first statement recorded to that transaction, and
+        watch the statements of its connection (see :meth:`after_execute`)."""
+        from sqlalchemy import event
+
+        engine = connection.engine
         with self._lock:
             early = self._early.pop(session, None)
+            self._sessions[connection] = weakref.ref(session)
+            hook = engine not in self._engines
+            if hook:
+                self._engines.add(engine)
+        if hook:
+            event.listen(engine, "after_execute", self.after_execute)
         if early:
             self._record(session, early)
+
+    def after_execute(
+        self,
+        connection: Any,
+        statement: Any,
+        multiparams: Any,
+        params: Any,
+        execution_options: Any,
+        result: Any,
+    ) -> None:
+        """Record the table (and the rows named by primary key) of an INSERT, UPDATE or
+        DELETE sent on a session's connection where the ORM events do not see it: the
+        legacy ``bulk_insert_mappings``, ``bulk_update_mappings`` and ``bulk_save_objects``,
+        and Core statements run through ``session.connection()``. (An engine event: the
+        flush's own statements pass here too and change nothing more.)"""
+        if not getattr(statement, "is_dml", False):
+            return
+        ref = self._sessions.get(connection)
+        session = ref() if ref is not None else None
+        table: Any = getattr(statement, "table", None)
+        if session is None or not isinstance(getattr(table, "name", None), str):
+            return
+        found = {table_identity(table)}
+        if not statement.is_insert:
+            # By primary key (bulk_update_mappings binds it as "<table>_<column>").
+            pk = list(table.primary_key.columns)
+            for row in multiparams or [params]:
+                if not isinstance(row, dict) or not pk:
+                    continue
+                values = [row.get(c._label, row.get(c.key)) for c in pk]
+                if None not in values:
+                    found.add(row_identity(table, *values))
+        self._record(session, found)
 
     def after_commit(self, session: Any) -> None:
         """A savepoint's release hands its changes to its parent; the root's commit
@@ -793,6 +882,12 @@ class InvalidationListener:
         for name in self.EVENTS:
             if event.contains(self.target, name, getattr(self, name)):
                 event.remove(self.target, name, getattr(self, name))
+        with self._lock:
+            engines = list(self._engines)
+            self._engines = weakref.WeakSet()
+        for engine in engines:
+            if event.contains(engine, "after_execute", self.after_execute):
+                event.remove(engine, "after_execute", self.after_execute)
         with _REGISTERED_LOCK:
             if _REGISTERED.get(id(self.target)) is self:
                 del _REGISTERED[id(self.target)]
