@@ -253,3 +253,9 @@ def test_aware_datetime_near_max_in_a_zoneinfo_zone_round_trips() -> None:
 def test_tampered_payload_raises_codec_error(payload: bytes) -> None:
     with pytest.raises(CodecError):
         codec.decode(payload)
+
+
+def test_an_int_too_long_for_json_text_is_refused_with_typeerror() -> None:
+    with pytest.raises(TypeError, match="cannot store this int"):
+        codec.check({"n": 10**5000})
+    assert codec.decode(codec.encode(10**4000)) == 10**4000

@@ -70,8 +70,10 @@ def _to_json(value: Any, depth: int = 0) -> Any:
     if value is None or value is True or value is False:
         return value
     cls = type(value)
-    if cls is str or cls is int:
+    if cls is str:
         return value
+    if cls is int:
+        return value if value.bit_length() < 13_000 else _huge_int(value)
     if cls is float:
         return value if math.isfinite(value) else _tagged("float", repr(value))
     if cls is list:
@@ -106,7 +108,7 @@ def _to_json(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         return str.__str__(value)
     if isinstance(value, int):
-        return int.__int__(value)
+        return _to_json(int.__int__(value), depth)
     if isinstance(value, float):
         return _to_json(float.__float__(value), depth)
     if isinstance(value, tuple):
@@ -120,6 +122,17 @@ def _to_json(value: Any, depth: int = 0) -> Any:
         "pyramid_transient stores None, bool, int, float, str, bytes, Decimal, datetime, date, "
         "time, timedelta, UUID and list/tuple/dict/set/frozenset of those"
     )
+
+
+def _huge_int(value: int) -> int:
+    # Python refuses to turn an int of more than sys.get_int_max_str_digits() digits (4300
+    # by default) into text, so JSON cannot hold it: refuse it here, as a type we cannot
+    # store, rather than with a ValueError from the encoder after the checks passed.
+    try:
+        str(value)
+    except ValueError as exc:
+        raise TypeError(f"cannot store this int: {exc}") from None
+    return value
 
 
 def _dict_to_json(value: dict[Any, Any], depth: int) -> Any:
