@@ -35,8 +35,11 @@ import functools
 import hashlib
 import hmac
 import logging
+import math
 import pickle
+import re
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -136,6 +139,16 @@ def _as_int_or_none(name: str, value: Any) -> int | None:
     return number or None
 
 
+#: ``redis.sessions.timeout = 0`` or ``None``: sessions that never expire (distinct from
+#: the setting being absent, which gives the default of 1200 seconds).
+_NEVER = object()
+
+
+def _as_timeout(name: str, value: Any) -> Any:
+    number = _as_int_or_none(name, value)
+    return _NEVER if number is None else number
+
+
 def _as_int(name: str, value: Any) -> int | None:
     if value is None:
         return None
@@ -149,9 +162,12 @@ def _as_float(name: str, value: Any) -> float | None:
     if value is None or (isinstance(value, str) and value.strip() in ("", "None", "none")):
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
-        raise _fail(name, value, "a number of seconds") from None
+        raise _fail(name, value, "a positive number of seconds") from None
+    if not (math.isfinite(number) and number > 0):
+        raise _fail(name, value, "a positive number of seconds")
+    return number
 
 
 def _as_samesite(name: str, value: Any) -> str | None:
@@ -187,7 +203,7 @@ def _unsupported(name: str, value: Any) -> Any:
 #: Every ``redis.sessions.*`` option of pyramid_session_redis 1.8 and its parser.
 SESSION_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "secret": _as_str,
-    "timeout": _as_int_or_none,
+    "timeout": _as_timeout,
     "cookie_name": _as_str,
     "cookie_max_age": _as_int_or_none,
     "cookie_path": _as_str,
@@ -290,7 +306,9 @@ def parse_session_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
                 value=value,
             )
         parsed = parser(name, value)
-        if parsed is not None:
+        if parsed is _NEVER:
+            options[name] = None
+        elif parsed is not None:
             options[name] = parsed
     if "prefix" in options and "id_generator" in options:
         raise ConfigurationError(
@@ -417,6 +435,9 @@ class TransientSession(RedisSession):
         self._doomed: list[str] = []
         #: A response was produced: the only requests whose session is saved.
         self._responded = False
+        #: The check at pyramid_tm's commit refused the session: it is not saved, and the
+        #: response callback must not raise the same error again.
+        self._failed = False
         #: The load already refreshed the TTL (GETEX), so no EXPIRE is needed.
         self._refreshed = False
         #: The load's GETEX gave the factory's timeout to a session that has its own.
@@ -459,6 +480,20 @@ class TransientSession(RedisSession):
                 self._refreshed = True
             else:
                 raw = self.redis.get(key)
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise SessionUnavailable(
+                    f"the session store refused to load session key {factory.redact(key)!r}: {exc}"
+                ) from exc
+            # Something else wrote a hash, list... under the key: corrupt, not an outage.
+            log.warning(
+                "session key %r holds a value that is not a string (written by something "
+                "else); starting a fresh session",
+                factory.redact(key),
+            )
+            raise InvalidSession_DeserializationError(
+                f"session key {factory.redact(key)!r} is not a string"
+            ) from None
         except redis.RedisError as exc:
             raise SessionUnavailable(
                 "the session store is unreachable while loading session key "
@@ -644,7 +679,7 @@ class TransientSession(RedisSession):
         payload: bytes | None = None
         if not state.dont_persist:
             if state.please_persist:
-                if state.managed_dict or not state.new:
+                if (state.managed_dict or not state.new) and not self._same_as_loaded(state):
                     payload = self.payload()
             elif self.session_id_safecheck:
                 payload = self._changed_payload(state)
@@ -662,17 +697,34 @@ class TransientSession(RedisSession):
             return None, self.timeout
         return None, None
 
+    def _trigger_due(self, state: Any) -> bool:
+        return bool(
+            state.expires
+            and self._timeout_trigger
+            and self.timestamp >= state.expires - self._timeout_trigger
+        )
+
+    def _same_as_loaded(self, state: Any) -> bool:
+        """Whether a session marked changed still encodes to the bytes it was loaded from.
+
+        pyramid_session_redis marks every call of ``setdefault``, ``pop``, ``flash``... as a
+        change, even ``setdefault`` of a key that is there: such a request writes nothing.
+        """
+        return (
+            not state.new
+            and not self._doomed
+            and state.persisted_hash is not None
+            and not self._trigger_due(state)
+            and self._encoded() == state.persisted_hash
+        )
+
     def _changed_payload(self, state: Any) -> bytes | None:
         """The payload if the session differs from what was loaded, else ``None``.
 
         pyramid_session_redis's ``should_persist``, comparing the loaded bytes rather than
         MD5 digests of them; the size limit applies only to a payload that will be saved.
         """
-        if (
-            state.expires
-            and self._timeout_trigger
-            and self.timestamp >= state.expires - self._timeout_trigger
-        ):
+        if self._trigger_due(state):
             state.please_persist = True
             return self.payload()
         if not self._detect_changes:
@@ -695,6 +747,24 @@ class TransientSession(RedisSession):
         if exc is not None and _will_retry(request, exc):
             log.debug("session not saved: the attempt will be retried (%r)", exc)
             return
+        if self._failed:
+            log.debug("session not saved: it failed its check at the commit")
+            return
+        if (
+            exc is not None
+            and not self._factory._cookie_options["cookie_on_exception"]
+            and "_session_state" in self.__dict__
+            and (self._session_state.new or self._doomed)
+        ):
+            # The browser got no cookie for the new id: saving would write a key nobody
+            # names and (after a rotation) delete the one its cookie names.
+            log.warning(
+                "session not saved: its id is new (rotated or created) but "
+                "redis.sessions.cookie_on_exception = false sent no cookie with this "
+                "exception response (%r); return such responses instead of raising them",
+                exc,
+            )
+            return
         try:
             alive = "_session_state" in self.__dict__
             if (alive and self._session_state.please_persist) or self._prepared is None:
@@ -710,8 +780,13 @@ class TransientSession(RedisSession):
             log.error("the session was not saved: %s", exc)
 
     def _before_commit(self) -> None:
-        # Runs inside pyramid_tm's commit: an error aborts the SQL transaction.
-        self._prepare()
+        # Runs inside pyramid_tm's commit: an error aborts the SQL transaction, and
+        # pyramid_tm renders it with the app's exception view.
+        try:
+            self._prepare()
+        except BaseException:
+            self._failed = True
+            raise
 
     def _after_commit(self, committed: bool) -> None:
         self._committed = committed
@@ -723,7 +798,9 @@ class TransientSession(RedisSession):
             self, request, response, session_cookie_was_valid=cookie_was_valid, **cookie_options
         )
         alive = "_session_state" in self.__dict__
-        if self._prepared is None or (alive and self._session_state.please_persist):
+        if self._failed:
+            pass  # refused at the commit; the exception view answers
+        elif self._prepared is None or (alive and self._session_state.please_persist):
             if self._committed and self._prepared is not None:
                 self._prepare_after_commit()
             else:
@@ -761,6 +838,28 @@ def _will_retry(request: Any, exc: BaseException) -> bool:
 
 
 # --------------------------------------------------------------------------- factory
+
+
+# RFC 6265's cookie-name token: what webob accepts when it sets the cookie.
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _check_cookie(name: str, samesite: str | None, secure: bool) -> None:
+    """Refuse at startup what webob would refuse on every response (a 500 each time)."""
+    if not isinstance(name, str) or not _COOKIE_NAME.fullmatch(name):
+        raise ConfigurationError(
+            f"{PREFIX}cookie_name must be a cookie name (letters, digits and "
+            f"!#$%&'*+-.^_`|~), not {name!r}",
+            key=PREFIX + "cookie_name",
+            value=name,
+        )
+    if samesite is not None and samesite.lower() == "none" and not secure:
+        raise ConfigurationError(
+            f"{PREFIX}cookie_samesite = None needs {PREFIX}cookie_secure = true: browsers "
+            "drop, and webob refuses to set, a SameSite=None cookie that is not Secure",
+            key=PREFIX + "cookie_samesite",
+            value=samesite,
+        )
 
 
 class TransientSessionFactory:
@@ -822,6 +921,7 @@ class TransientSessionFactory:
                 key=PREFIX + "secret",
                 value=secret,
             )
+        _check_cookie(cookie_name, cookie_samesite, cookie_secure)
         self._manager = manager
         self.timeout = timeout or None
         self.set_redis_ttl = set_redis_ttl
@@ -899,6 +999,7 @@ class TransientSessionFactory:
         )
         self._own_socket_timeout = redis_socket_timeout
         self._own_client: redis.Redis | None = None
+        self._own_lock = threading.Lock()
         self._binding: Binding | None = None
         self._key_head: str | None = None
 
@@ -976,7 +1077,9 @@ class TransientSessionFactory:
             return self._client_callable(request, **self._redis_options)
         if self._own_url is not None:
             if self._own_client is None:
-                self._own_client = self._make_own_client(self._own_url)
+                with self._own_lock:  # concurrent first requests build one client
+                    if self._own_client is None:
+                        self._own_client = self._make_own_client(self._own_url)
             return self._own_client
         return cast(redis.Redis, self.binding.client)
 
