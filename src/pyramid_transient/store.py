@@ -756,8 +756,7 @@ def _ms(seconds: float, what: str) -> int:
         or not 0 < seconds <= MAX_SECONDS
     ):
         raise ValueError(
-            f"{what} must be a positive number of seconds up to {MAX_SECONDS}, "
-            f"not {seconds!r}"
+            f"{what} must be a positive number of seconds up to {MAX_SECONDS}, not {seconds!r}"
         )
     return max(1, round(seconds * 1000))
 
