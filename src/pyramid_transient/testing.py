@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import shutil
 import socket
@@ -51,6 +52,8 @@ from redis.connection import AbstractConnection
 from redis.retry import Retry
 
 from .connection import RedisManager
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "RedisClusterGroup",
@@ -641,7 +644,7 @@ class SentinelServer(RedisServer):
         *,
         directory: str,
         quorum: int = 2,
-        down_after_ms: int = 1000,
+        down_after_ms: int = 3000,
         failover_timeout_ms: int = 3000,
     ) -> None:
         super().__init__(directory=directory)
@@ -685,7 +688,7 @@ class SentinelGroup:
         service: str = "transient-test",
         *,
         sentinels: int = 3,
-        down_after_ms: int = 1000,
+        down_after_ms: int = 3000,
         failover_timeout_ms: int = 3000,
     ) -> None:
         self.service = service
@@ -829,6 +832,7 @@ class SentinelGroup:
         """
         if self.master is None or self.replica is None:
             raise RuntimeError("failover needs a running master and replica")
+        self.sync(timeout)
         old, new = self.master, self.replica
         _ask(self.sentinels[0].port, "SENTINEL", "FAILOVER", self.service)
         self._wait_reported(new.port, timeout)
@@ -853,6 +857,7 @@ class SentinelGroup:
         """
         if self.master is None or self.replica is None:
             raise RuntimeError("kill_master needs a running master and replica")
+        self.sync(timeout)
         old, new = self.master, self.replica
         _kill(old)
         self._killed = old
@@ -883,8 +888,39 @@ class SentinelGroup:
             timeout,
         )
 
+    def sync(self, timeout: float = 30.0) -> None:
+        """Follow a failover the sentinels made on their own.
+
+        On a loaded machine the master can miss ``down_after_ms`` of pings, and the
+        sentinels promote the replica without being asked: record the master they agree
+        on, so that :meth:`flushall`, :meth:`failover` and :meth:`kill_master` act on the
+        real one.
+        """
+        if self.master is None or self.replica is None:
+            return
+        _wait_until(
+            "the sentinels to agree on the master",
+            lambda: len(set(self.reported_masters())) == 1,
+            timeout,
+        )
+        port = self.reported_masters()[0][1]
+        if port != self.replica.port:
+            return
+        log.warning("the Sentinel group failed over by itself; following it")
+        self.master, self.replica = self.replica, self.master
+        self.master.args = self._replicaof(None)
+        self.replica.args = self._replicaof(self.master.port)
+        _wait_until(
+            f"127.0.0.1:{port} to become master",
+            lambda: _info_fields(_ask(port, "INFO", "replication")).get("role") == "master",
+            timeout,
+        )
+        self._wait_replica_up(self.replica, timeout)
+        self.wait_healthy(timeout)
+
     def flushall(self) -> None:
         """Delete every key on the master (the replica follows)."""
+        self.sync()
         _ask(self.master_port, "FLUSHALL")
 
     def stop(self) -> None:
