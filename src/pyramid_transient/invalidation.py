@@ -224,14 +224,40 @@ def row_identity(table: Any, *pk: Any, schema: str | None = None) -> Identity:
 
 
 class _MapperInfo:
-    __slots__ = ("prefix", "tables")
+    __slots__ = ("_parents", "mapper", "prefix", "tables")
 
     def __init__(self, mapper: Any) -> None:
+        # Weakly: this object is the value of a weak map keyed by the mapper.
+        self.mapper = weakref.ref(mapper)
         # The row's table is the base mapper's: its primary key is the identity.
         name, schema = _table_parts(mapper.base_mapper.local_table, None)
         self.prefix = "r:" + _qualified(name, schema) + ":"
         #: Every table a change through this mapper may write (joined inheritance: all).
         self.tables = tuple(dict.fromkeys(table_identity(t) for t in mapper.tables))
+        self._parents: tuple[tuple[tuple[str, ...], _MapperInfo], ...] | None = None
+
+    @property
+    def parents(self) -> tuple[tuple[tuple[str, ...], _MapperInfo], ...]:
+        """Each many-to-one relationship to a parent's primary key: the attribute keys of
+        the local foreign-key columns (in the parent's primary key order), and the parent.
+        Worked out at the first flush, when the mappers are configured."""
+        if self._parents is None:
+            from sqlalchemy.orm import MANYTOONE
+
+            mapper: Any = self.mapper()
+            found = []
+            for prop in mapper.relationships if mapper is not None else ():
+                if prop.direction is not MANYTOONE:
+                    continue
+                local_of = {remote: local for local, remote in prop.local_remote_pairs}
+                try:
+                    columns = [local_of[c] for c in prop.mapper.primary_key]
+                    keys = tuple(mapper.get_property_by_column(c).key for c in columns)
+                except Exception:  # joins on something other than the parent's primary key
+                    continue
+                found.append((keys, _mapper_info(prop.mapper)))
+            self._parents = tuple(found)
+        return self._parents
 
     def row(self, pk: Sequence[Any]) -> Identity:
         if len(pk) == 1:
@@ -240,6 +266,23 @@ class _MapperInfo:
 
 
 _MAPPERS: weakref.WeakKeyDictionary[Any, _MapperInfo] = weakref.WeakKeyDictionary()
+
+
+class _TableInfo:
+    """What :meth:`InvalidationListener.after_execute` needs of a ``Table``, worked out
+    once: it runs for every statement of the hooked engines."""
+
+    __slots__ = ("identity", "pk", "row_prefix")
+
+    def __init__(self, table: Any) -> None:
+        name, schema = _table_parts(table, None)
+        self.identity = table_identity(table)
+        self.row_prefix = "r:" + _qualified(name, schema) + ":"
+        #: (bind label, column key) of each primary key column.
+        self.pk = tuple((c._label, c.key) for c in table.primary_key.columns)
+
+
+_TABLES: weakref.WeakKeyDictionary[Any, _TableInfo] = weakref.WeakKeyDictionary()
 
 
 def _mapper_info(mapper: Any) -> _MapperInfo:
@@ -618,19 +661,8 @@ def _parent_rows(state: Any, *, whole: bool) -> set[Identity]:
     ``whole`` (an insert or a delete) counts the foreign keys as they are; an update only
     the ones it changed.
     """
-    from sqlalchemy.orm import MANYTOONE
-
     found: set[Identity] = set()
-    mapper = state.mapper
-    for prop in mapper.relationships:
-        if prop.direction is not MANYTOONE:
-            continue
-        local_of = {remote: local for local, remote in prop.local_remote_pairs}
-        try:
-            columns = [local_of[c] for c in prop.mapper.primary_key]
-            keys = [mapper.get_property_by_column(c).key for c in columns]
-        except Exception:  # joins on something other than the parent's primary key
-            continue
+    for keys, parent in _mapper_info(state.mapper).parents:
         old: list[Any] = []
         new: list[Any] = []
         changed = False
@@ -640,12 +672,10 @@ def _parent_rows(state: Any, *, whole: bool) -> set[Identity]:
             new.append(added[0] if added else same)
             old.append(deleted[0] if deleted else same)
             changed = changed or bool(added or deleted)
-        if not (changed or whole):
-            continue
-        info = _mapper_info(prop.mapper)
-        for values in (old, new):
-            if None not in values:
-                found.add(info.row(values))
+        if changed or whole:
+            for values in (old, new):
+                if None not in values:
+                    found.add(parent.row(values))
     return found
 
 
@@ -824,16 +854,17 @@ class InvalidationListener:
         table: Any = getattr(statement, "table", None)
         if session is None or not isinstance(getattr(table, "name", None), str):
             return
-        found = {table_identity(table)}
-        if not statement.is_insert:
+        info = _TABLES.get(table)
+        if info is None:
+            info = _TABLES[table] = _TableInfo(table)
+        found = {info.identity}
+        if not statement.is_insert and info.pk:
             # By primary key (bulk_update_mappings binds it as "<table>_<column>").
-            pk = list(table.primary_key.columns)
             for row in multiparams or [params]:
-                if not isinstance(row, dict) or not pk:
-                    continue
-                values = [row.get(c._label, row.get(c.key)) for c in pk]
-                if None not in values:
-                    found.add(row_identity(table, *values))
+                if isinstance(row, dict):
+                    values = [row.get(label, row.get(key)) for label, key in info.pk]
+                    if None not in values:
+                        found.add(Identity(info.row_prefix + ":".join(map(_pk_part, values))))
         self._record(session, found)
 
     def after_commit(self, session: Any) -> None:
