@@ -679,8 +679,10 @@ class TransientSession(RedisSession):
         payload: bytes | None = None
         if not state.dont_persist:
             if state.please_persist:
-                if (state.managed_dict or not state.new) and not self._same_as_loaded(state):
-                    payload = self.payload()
+                if state.managed_dict or not state.new:
+                    encoded = self._encoded()  # once: compared, then saved
+                    if not self._same_as_loaded(state, encoded):
+                        payload = self._checked_size(encoded)
             elif self.session_id_safecheck:
                 payload = self._changed_payload(state)
         if payload is not None:
@@ -704,7 +706,7 @@ class TransientSession(RedisSession):
             and self.timestamp >= state.expires - self._timeout_trigger
         )
 
-    def _same_as_loaded(self, state: Any) -> bool:
+    def _same_as_loaded(self, state: Any, encoded: bytes) -> bool:
         """Whether a session marked changed still encodes to the bytes it was loaded from.
 
         pyramid_session_redis marks every call of ``setdefault``, ``pop``, ``flash``... as a
@@ -715,7 +717,7 @@ class TransientSession(RedisSession):
             and not self._doomed
             and state.persisted_hash is not None
             and not self._trigger_due(state)
-            and self._encoded() == state.persisted_hash
+            and encoded == state.persisted_hash
         )
 
     def _changed_payload(self, state: Any) -> bytes | None:
