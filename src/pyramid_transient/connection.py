@@ -381,7 +381,7 @@ class RedisManager:
             }
             if s.sentinel_password:
                 sentinel_kwargs["password"] = s.sentinel_password
-            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            self._sentinel = Sentinel(
                 list(s.sentinel_nodes), sentinel_kwargs=sentinel_kwargs
             )
         return self._sentinel
