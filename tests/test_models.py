@@ -254,12 +254,100 @@ def test_get_with_a_key_of_the_wrong_type_is_a_clear_error(m: SimpleNamespace) -
         m.User.get("five")
 
 
-def test_saving_with_id_none_is_a_clear_error(m: SimpleNamespace) -> None:
+def test_saving_with_id_none_of_a_type_that_cannot_be_generated_is_a_clear_error(
+    m: SimpleNamespace,
+) -> None:
     class Opt(RedisModel):
-        id: int | None = None
+        id: int | str | None = None  # which kind of key to generate is not known
 
     with pytest.raises(ValueError, match=r"Opt\.id is None"):
         Opt().save()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kind", [str, int])
+def test_an_optional_id_gets_a_generated_key_on_first_save(
+    transient_manager: RedisManager, layout: str, kind: type
+) -> None:
+    class Job(RedisModel):
+        __layout__ = layout
+        __indexes__ = ("state",)
+        id: kind | None = None  # type: ignore[valid-type]
+        state: str = "new"
+
+    Job.bind(transient_manager)
+    a = Job().save()
+    b = Job(state="done").save()
+    assert isinstance(a.id, kind) and isinstance(b.id, kind)
+    assert a.id != b.id
+    assert Job.get(a.id).state == "new"
+    assert Job.get(b.id).id == b.id  # the stored payload carries the generated id
+    assert [j.id for j in Job.filter(state="done")] == [b.id]
+    a.state = "again"
+    a.save()  # a second save keeps the key
+    assert Job.count() == 2 and Job.get(a.id).state == "again"
+    explicit = Job(id=kind(7)).save()
+    assert Job.get(kind(7)).id == explicit.id == kind(7)
+
+
+def test_generated_int_ids_take_one_round_trip_per_block(
+    transient_manager: RedisManager, round_trips: Any
+) -> None:
+    class Job(RedisModel):
+        id: int | None = None
+
+    Job.bind(transient_manager)
+    Job().save()  # the first one reserves a block
+    with round_trips() as counted:
+        jobs = [Job().save() for _ in range(10)]
+    assert counted.count == 10  # the saves only
+    assert [j.id for j in jobs] == list(range(2, 12))
+
+
+def test_generated_ids_are_distinct_across_processes(transient_manager: RedisManager) -> None:
+    import multiprocessing
+
+    Shared.bind(transient_manager)
+    ctx = multiprocessing.get_context("fork")
+    Shared().save()  # the parent holds a block its children must not reuse
+    with ctx.Pool(4) as pool:
+        batches = pool.map(_save_shared, [1500] * 4)
+    drawn = [i for batch in batches for i in batch]
+    assert len(set(drawn)) == len(drawn) == 12000
+    assert Shared.count() == 6001
+
+
+class Shared(RedisModel):
+    __storage_name__ = "test_models_shared_ids"
+    id: int | None = None
+    text: str | None = None
+
+
+def _save_shared(n: int) -> list[Any]:
+    ids: list[Any] = []
+    for _ in range(n):
+        ids.append(Shared().save().id)
+        ids.append(models_module._new_text_id())
+    return ids
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_generated_id_that_collides_never_overwrites(
+    transient_manager: RedisManager, layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyramid_transient.exceptions import ConflictError
+
+    class Job(RedisModel):
+        __layout__ = layout
+        id: str | None = None
+        owner: str = ""
+
+    Job.bind(transient_manager)
+    monkeypatch.setattr(models_module, "_new_text_id", lambda: "same")
+    Job(owner="first").save()
+    with pytest.raises(ConflictError):
+        Job(owner="second").save()
+    assert Job.get("same").owner == "first"
 
 
 def test_refresh_reloads_fields(m: SimpleNamespace) -> None:

@@ -48,12 +48,15 @@ import datetime as dt
 import enum
 import json
 import logging
+import os
+import threading
 import types
 import typing
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from decimal import Decimal
 from typing import Any, ClassVar, Literal, Self, cast
 
@@ -388,6 +391,46 @@ def _strip(annotation: Any) -> Any:
     return annotation
 
 
+def _generated_id_type(pk_fields: tuple[str, ...], fields: Mapping[str, Any]) -> type | None:
+    """``str`` or ``int`` for a key that is one optional ``id`` field of that type."""
+    if pk_fields != ("id",):
+        return None
+    annotation = fields["id"].annotation
+    base = _strip(annotation)
+    if base not in (str, int) or base is annotation:
+        return None  # not optional: an id of None is a mistake to report, not to fill in
+    return cast(type, base)
+
+
+def _new_text_id() -> str:
+    """A new text key: 128 random bits, distinct across processes without asking Redis."""
+    return uuid.uuid4().hex
+
+
+#: How many int keys a process takes from Redis at once (one INCRBY per block).
+ID_BLOCK = 1000
+
+
+class _IdBlocks:
+    """Int keys handed out from blocks reserved with one ``INCRBY`` of a per-class
+    counter: distinct across processes and threads, one round trip per :data:`ID_BLOCK`
+    new objects. A forked child never reuses its parent's block."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._blocks: dict[str, tuple[int, int, int]] = {}  # key -> (pid, next, end)
+
+    def take(self, client: Any, key: str) -> int:
+        with self._lock:
+            pid = os.getpid()
+            owner, nxt, end = self._blocks.get(key, (pid, 0, 0))
+            if owner != pid or nxt >= end:
+                end = int(client.incrby(key, ID_BLOCK)) + 1
+                nxt = end - ID_BLOCK
+            self._blocks[key] = (pid, nxt + 1, end)
+            return nxt
+
+
 def _index_kind(annotation: Any) -> str | None:
     """``"score"``, ``"text"`` (str: ranges and prefixes too), ``"lex"`` or None."""
     base = _strip(annotation)
@@ -462,6 +505,10 @@ class _Meta:
     item_adapters: dict[str, TypeAdapter[Any] | None]
     #: Key names per key space (names are built once, not on every call).
     names: dict[KeySpace, tuple[str, str, str, tuple[str, ...]]]
+    #: ``str`` or ``int`` when the key is an optional ``id`` field (``id: str | None =
+    #: None``) that gets a generated value on first use, else None.
+    generated_id: type | None = None
+    id_blocks: _IdBlocks = dc_field(default_factory=_IdBlocks)
 
 
 @dataclass(frozen=True)
@@ -616,7 +663,9 @@ class RedisModel(BaseModel):
         (default) keeps objects until deleted.
     ``__unique_together__``
         Field names whose values form the primary key. Without it the ``id`` field is the
-        key; a class with neither gets a generated key per object (``obj.pk``).
+        key; a class with neither gets a generated key per object (``obj.pk``). An
+        optional ``id: str | None`` or ``id: int | None`` left at None is generated at
+        the first save.
     ``__layout__``
         ``"hash"`` (default): the objects of a class in one Redis hash; ``"key"``: one Redis
         key per object, with its own TTL.
@@ -650,6 +699,9 @@ class RedisModel(BaseModel):
     __transient_meta__: ClassVar[_Meta]
 
     _pk: str | None = PrivateAttr(default=None)
+    # True from the moment an optional id is filled in until the first save: that save
+    # must create the object, never overwrite another one that drew the same id.
+    _id_generated: bool = PrivateAttr(default=False)
     _version: int = PrivateAttr(default=0)
     # Versions this object's own deferred writes moved it from and to: a deferred write
     # checks the version it was requested on, followed through these (its own earlier
@@ -713,6 +765,7 @@ class RedisModel(BaseModel):
                 for item in [_item_annotation(info.annotation)]
             },
             names={},
+            generated_id=_generated_id_type(pk_fields, fields),
         )
 
     # ------------------------------------------------------------------ binding
@@ -775,7 +828,11 @@ class RedisModel(BaseModel):
         meta = cls.__transient_meta__
         if meta.pk_fields:
             values = [getattr(self, f) for f in meta.pk_fields]
-            if meta.pk_fields == ("id",) and values[0] is None:
+            if values[0] is None and meta.generated_id is not None:
+                values = [cls._new_id()]
+                setattr(self, "id", values[0])  # noqa: B010 (a field, unknown to the base)
+                self._id_generated = True
+            elif meta.pk_fields == ("id",) and values[0] is None:
                 raise ValueError(
                     f"{cls.__name__}.id is None: set it, or remove the id field to get "
                     "generated keys"
@@ -784,6 +841,16 @@ class RedisModel(BaseModel):
         if self._pk is None:
             self._pk = uuid.uuid4().hex
         return self._pk
+
+    @classmethod
+    def _new_id(cls) -> str | int:
+        """A value for an optional ``id`` left at None: text ids are random, int ids come
+        from the class's counter in Redis, a block at a time."""
+        meta = cls.__transient_meta__
+        if meta.generated_id is str:
+            return _new_text_id()
+        keys = cls._keys()
+        return meta.id_blocks.take(keys.client, keys.keyspace.tagged(keys.tag, "ids"))
 
     @classmethod
     def _pk_text(cls, values: Sequence[Any]) -> str:
@@ -882,10 +949,12 @@ class RedisModel(BaseModel):
         """
         cls = type(self)
         meta = cls.__transient_meta__
-        payload = self.model_dump_json()
         ttl = meta.expire_ms if expire == "default" else _expire_ms(cls.__name__, expire)
+        pk = self.pk  # first: a generated id must be in the payload
+        payload = self.model_dump_json()
         check = meta.optimistic if if_unmodified is None else if_unmodified
-        pk = self.pk
+        if self._id_generated and self._version == 0:
+            check = True  # "must not exist yet": a generated id never overwrites
         index_args = self._index_args()
         requested_on = self._version  # the version the payload was built on
 
