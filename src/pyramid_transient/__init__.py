@@ -15,13 +15,16 @@ from .exceptions import (
     CodecError,
     ConfigurationError,
     ConflictError,
+    CorruptData,
     LockError,
     LockNotOwned,
     LockTimeout,
     MultipleFound,
     NotFound,
     SessionTooLarge,
+    SessionUnavailable,
     TransientError,
+    Unavailable,
     UnknownDatabase,
 )
 from .settings import TransientSettings, parse_settings
@@ -31,6 +34,7 @@ __all__ = [
     "CodecError",
     "ConfigurationError",
     "ConflictError",
+    "CorruptData",
     "LockError",
     "LockNotOwned",
     "LockTimeout",
@@ -40,8 +44,10 @@ __all__ = [
     "RedisManager",
     "RedisModel",
     "SessionTooLarge",
+    "SessionUnavailable",
     "TransientError",
     "TransientSettings",
+    "Unavailable",
     "UnknownDatabase",
     "decode",
     "encode",
@@ -109,5 +115,6 @@ def includeme(config: Any) -> None:
     from .connection import include_manager
 
     include_manager(config)
+    config.include("pyramid_transient.views")  # the default 503 for Unavailable
     for capability in CAPABILITIES:
         config.include(capability)

@@ -34,19 +34,17 @@ from dogpile.cache import register_backend
 from dogpile.cache.api import NO_VALUE, CantDeserializeException
 from dogpile.cache.backends.redis import RedisBackend
 from dogpile.cache.region import CacheRegion
-from redis.exceptions import RedisClusterException
 from zope.interface import Interface
 
 from . import codec
 from .connection import (
-    Binding,
     RedisManager,
     add_request_attribute,
     bind,
     get_manager,
     include_manager,
 )
-from .exceptions import CodecError
+from .exceptions import CodecError, ConfigurationError, CorruptData, TransientError, Unavailable
 from .invalidation import (
     Identity,
     TokenStore,
@@ -136,10 +134,12 @@ class _Outage:
     on it: ``request.cache_key`` is a new generator per request.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "cache_key", degraded: str = "returning fresh keys") -> None:
         self._lock = threading.Lock()
         self._since: float | None = None
         self._logged = 0.0
+        self._what = what
+        self._degraded = degraded
 
     def failed(self, exc: BaseException) -> None:
         now = mod_time.monotonic()
@@ -152,9 +152,10 @@ class _Outage:
                 self._logged = now
         if due:
             log.warning(
-                "cache_key could not reach Redis (%s); returning fresh keys (cache misses) "
-                "until it is back",
+                "%s could not reach Redis (%s); %s (cache misses) until it is back",
+                self._what,
                 exc,
+                self._degraded,
             )
 
     def recovered(self) -> None:
@@ -163,7 +164,9 @@ class _Outage:
         with self._lock:
             since, self._since = self._since, None
         if since is not None:
-            log.info("cache_key reaches Redis again after %.1fs", mod_time.monotonic() - since)
+            log.info(
+                "%s reaches Redis again after %.1fs", self._what, mod_time.monotonic() - since
+            )
 
 
 _OUTAGES: weakref.WeakKeyDictionary[Any, _Outage] = weakref.WeakKeyDictionary()
@@ -228,10 +231,15 @@ class CacheKeyGenerator:
         if identities:
             try:
                 tokens = self.store.digest(list(identities))
-            except (redis.RedisError, RedisClusterException) as exc:
-                # RedisClusterException: redis-py's cluster errors that are not RedisErrors
-                # (no node covers a slot, ...).
+            except Unavailable as exc:
                 self._outage.failed(exc)
+                digest.update(b"nonce\x1f" + secrets.token_bytes(16))
+                return digest.hexdigest()
+            except CorruptData as exc:
+                # Another program wrote a token key: delete (invalidate) the tokens, which
+                # is always safe, so the next key gets fresh ones; this one misses.
+                log.warning("a cache token is corrupt (%s); invalidating it", exc)
+                self.store.invalidate(list(identities))
                 digest.update(b"nonce\x1f" + secrets.token_bytes(16))
                 return digest.hexdigest()
             self._outage.recovered()
@@ -280,8 +288,23 @@ class TransientRedisBackend(RedisBackend):
 
     def __init__(self, arguments: dict[str, Any]) -> None:
         arguments = dict(arguments)
+        if "client" not in arguments:
+            raise ConfigurationError(
+                "TransientRedisBackend needs arguments['client']: a RedisManager, a Pyramid "
+                "registry or request, a Binding, or a redis.Redis client"
+            )
+        if "lock_prefix" in arguments:
+            raise ConfigurationError(
+                "TransientRedisBackend does not take lock_prefix: its fill locks sit beside "
+                "the values, under <keyspace>:<region>:l:<key>; pass keyspace to move both"
+            )
         target = arguments.pop("client")
-        self._binding = target if isinstance(target, Binding) else bind(target, "cache")
+        self._binding = bind(target, "cache")
+        # One outage log per backend: a region whose server is down builds values with
+        # its creator and serves them uncached (DESIGN section 7: caches fail open).
+        self._outage = _Outage(
+            f"cache region {arguments.get('region')!r}", "serving values uncached"
+        )
         keyspace: KeySpace = arguments.pop("keyspace", None) or self._binding.keyspace
         region = quote(arguments.pop("region"))
         self._values = keyspace.key(region, "v") + ":"
@@ -313,16 +336,20 @@ class TransientRedisBackend(RedisBackend):
     def reader_client(self) -> Any:  # type: ignore[override]
         return self._binding.client
 
-    def key_mangler(self, key: str) -> str:
-        return self._values + quote(key)
+    def key_mangler(self, key: Any) -> str:
+        return self._values + _key_text(key)
 
-    def _full(self, key: str) -> str:
+    def _full(self, key: Any) -> str:
         # dogpile hands us keys mangled by the region's key_mangler, which is ours unless
         # the region was given its own (sha1_mangle_key, say): keep those under our
         # prefix too.
-        return key if key.startswith(self._values) else self._values + quote(key)
+        if isinstance(key, str) and key.startswith(self._values):
+            return key
+        return self._values + _key_text(key)
 
-    def get_mutex(self, key: str) -> Any:
+    def get_mutex(self, key: Any) -> Any:
+        if not self.distributed_lock:
+            return None  # dogpile then uses its own lock, per process
         # Our lock key sits next to the value's.
         own = self._full(key)[len(self._values) :]
         return _LockWrapper(
@@ -333,25 +360,50 @@ class TransientRedisBackend(RedisBackend):
                 thread_local=self.thread_local_lock,
                 blocking=self.lock_blocking,
                 blocking_timeout=self.lock_blocking_timeout,
-            )
+            ),
+            self,
         )
 
-    def get_serialized(self, key: str) -> Any:
+    def _failed(self, exc: TransientError, key: str | None) -> None:
+        """An outage is logged once per outage; a corrupt value once per read."""
+        if isinstance(exc, CorruptData):
+            log.warning("ignoring a corrupt cache entry %r (treated as missing): %s", key, exc)
+        else:
+            self._outage.failed(exc)
+
+    def get_serialized(self, key: Any) -> Any:
         key = self._full(key)
-        value = self.reader_client.get(key)
+        try:
+            with self._binding.errors(key):
+                value = self.reader_client.get(key)
+        except (Unavailable, CorruptData) as exc:
+            self._failed(exc, key)
+            return NO_VALUE
+        self._outage.recovered()
         return NO_VALUE if value is None else self._checked(key, value)
 
-    def get_serialized_multi(self, keys: Iterable[str]) -> list[Any]:
+    def get_serialized_multi(self, keys: Iterable[Any]) -> list[Any]:
         keys = [self._full(k) for k in keys]
         if not keys:
             return []
-        pipe = self.reader_client.pipeline(transaction=False)
-        for key in keys:
-            pipe.get(key)
-        return [
-            NO_VALUE if v is None else self._checked(k, v)
-            for k, v in zip(keys, pipe.execute(), strict=True)
-        ]
+        try:
+            with self._binding.errors():
+                pipe = self.reader_client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.get(key)
+                values = pipe.execute(raise_on_error=False)
+        except Unavailable as exc:
+            self._failed(exc, None)
+            return [NO_VALUE] * len(keys)
+        self._outage.recovered()
+        found = []
+        for k, v in zip(keys, values, strict=True):
+            if isinstance(v, Exception):  # WRONGTYPE: another program's key
+                log.warning("ignoring a corrupt cache entry %r (treated as missing): %s", k, v)
+                found.append(NO_VALUE)
+            else:
+                found.append(NO_VALUE if v is None else self._checked(k, v))
+        return found
 
     @staticmethod
     def _checked(key: str, value: Any) -> Any:
@@ -373,42 +425,88 @@ class TransientRedisBackend(RedisBackend):
             return NO_VALUE
         return value
 
-    def set_serialized(self, key: str, value: bytes) -> None:
-        self.writer_client.set(self._full(key), value, ex=self.redis_expiration_time or None)
+    # Writes fail open too: a value that cannot be stored is served uncached. (SET
+    # replaces a value of any type, so a foreign key is repaired by the next write.)
 
-    def set_serialized_multi(self, mapping: Mapping[str, bytes]) -> None:
-        pipe = self.writer_client.pipeline(transaction=False)
-        for key, value in mapping.items():
-            pipe.set(self._full(key), value, ex=self.redis_expiration_time or None)
-        pipe.execute()
+    def set_serialized(self, key: Any, value: bytes) -> None:
+        key = self._full(key)
+        try:
+            with self._binding.errors(key):
+                self.writer_client.set(key, value, ex=self.redis_expiration_time or None)
+        except Unavailable as exc:
+            self._failed(exc, key)
 
-    def delete(self, key: str) -> None:
-        self.writer_client.delete(self._full(key))
+    def set_serialized_multi(self, mapping: Mapping[Any, bytes]) -> None:
+        try:
+            with self._binding.errors():
+                pipe = self.writer_client.pipeline(transaction=False)
+                for key, value in mapping.items():
+                    pipe.set(self._full(key), value, ex=self.redis_expiration_time or None)
+                pipe.execute()
+        except Unavailable as exc:
+            self._failed(exc, None)
 
-    def delete_multi(self, keys: Iterable[str]) -> None:
-        pipe = self.writer_client.pipeline(transaction=False)
-        for key in keys:
-            pipe.delete(self._full(key))
-        pipe.execute()
+    def delete(self, key: Any) -> None:
+        # A delete that does not reach Redis leaves a value that expires on its own: like
+        # any invalidation during an outage (docs/cache.rst), it raises Unavailable.
+        with self._binding.errors(self._full(key)):
+            self.writer_client.delete(self._full(key))
+
+    def delete_multi(self, keys: Iterable[Any]) -> None:
+        with self._binding.errors():
+            pipe = self.writer_client.pipeline(transaction=False)
+            for key in keys:
+                pipe.delete(self._full(key))
+            pipe.execute()
+
+
+def _key_text(key: Any) -> str:
+    """A region key as one key part: text as it is; any other key dogpile accepts (an int,
+    a tuple) by its type and repr, so ``1`` and ``"1"`` stay distinct entries."""
+    if isinstance(key, str):
+        return quote(key)
+    # "%" only ever starts a two-digit escape in quoted text, so "%%" marks a non-str key.
+    return "%%" + quote(f"{type(key).__name__}:{key!r}")
 
 
 class _LockWrapper:
-    def __init__(self, lock: Any) -> None:
+    """A fill lock that fails open: while Redis is unreachable every process fills its own
+    value (served uncached) instead of failing the request."""
+
+    def __init__(self, lock: Any, backend: TransientRedisBackend) -> None:
         self.lock = lock
+        self.backend = backend
+        self.failed_open = False
 
     def acquire(self, wait: bool = True) -> bool:
-        return bool(self.lock.acquire(blocking=wait))
+        try:
+            with self.backend._binding.errors():
+                return bool(self.lock.acquire(blocking=wait))
+        except Unavailable as exc:
+            self.backend._failed(exc, None)
+            self.failed_open = True
+            return True
 
     def release(self) -> None:
+        if self.failed_open:
+            self.failed_open = False
+            return
         try:
-            self.lock.release()
+            with self.backend._binding.errors():
+                self.lock.release()
+        except Unavailable as exc:
+            self.backend._failed(exc, None)
         except redis.exceptions.LockError as exc:
-            # The lock expired (lock_timeout) while the creator ran; the value is stored
-            # anyway, and another process may have refilled it meanwhile.
+            # The lock expired (lock_timeout) while the creator ran, or was never taken
+            # because Redis was down; the value is stored anyway.
             log.warning("a cache fill outlived its lock (transient.cache.lock_timeout): %s", exc)
 
     def locked(self) -> bool:
-        return bool(self.lock.locked())
+        try:
+            with self.backend._binding.errors():
+                return bool(self.lock.locked())
+        except Unavailable:
+            return False
 
 
 #: The dogpile backend name of :class:`TransientRedisBackend`.

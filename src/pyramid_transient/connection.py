@@ -42,10 +42,12 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "IDEMPOTENT_COMMANDS",
+    "Binding",
     "IRedisManager",
     "RedisManager",
     "TransientRedis",
     "TransientRedisCluster",
+    "bind",
     "current_manager",
     "get_manager",
     "get_redis",
@@ -348,19 +350,22 @@ class RedisManager:
         elif mode == "memory":
             from fakeredis import FakeRedisConnection
 
-            pool = redis.ConnectionPool(
+            pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
                 connection_class=FakeRedisConnection,
                 server=memory_server(s.url),
                 db=db,
                 max_connections=s.max_connections,
+                timeout=s.pool_timeout,
             )
             client = TransientRedis(connection_pool=pool)
         else:
             kwargs = self._common_kwargs()
             if s.url.startswith("rediss:"):
                 kwargs.update(self._ssl_kwargs())
-            pool = redis.ConnectionPool.from_url(
-                s.url, db=db, max_connections=s.max_connections, **kwargs
+            # A blocking pool: a thread past max_connections waits for a connection (up to
+            # transient.pool_timeout) instead of failing at once with MaxConnectionsError.
+            pool = redis.BlockingConnectionPool.from_url(
+                s.url, db=db, max_connections=s.max_connections, timeout=s.pool_timeout, **kwargs
             )
             client = TransientRedis(connection_pool=pool)
         cast(TransientRedis, client).retry_idempotent = s.retry_idempotent
@@ -544,61 +549,5 @@ includeme = include_manager
 
 # ---------------------------------------------------------------------- binding
 
-
-class Binding:
-    """Where one capability's keys live: a client and a :class:`KeySpace`.
-
-    Built by :func:`bind` from whatever the user handed a capability. Bound to a manager,
-    it asks the manager for the client on every use, so a forked child gets its own
-    connections; bound to a bare client, it uses that client and un-prefixed keys.
-    """
-
-    __slots__ = ("_client", "keyspace", "manager", "name")
-
-    def __init__(
-        self,
-        keyspace: KeySpace,
-        *,
-        manager: RedisManager | None = None,
-        client: Any = None,
-        name: str = "default",
-    ) -> None:
-        #: The capability's keys.
-        self.keyspace = keyspace
-        #: The manager, when bound to one.
-        self.manager = manager
-        #: The database name asked of the manager.
-        self.name = name
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        """The ``redis.Redis`` (or ``RedisCluster``) to talk to."""
-        if self.manager is not None:
-            return self.manager.get(self.name)
-        return self._client
-
-    def __repr__(self) -> str:
-        where = repr(self.manager) if self.manager is not None else repr(self._client)
-        return f"<Binding {self.keyspace.base!r} on {where}>"
-
-
-def bind(target: Any, capability: str, name: str | None = None) -> Binding:
-    """Resolve what a user handed a capability into a :class:`Binding`.
-
-    ``target`` may be ``None`` (the running app's manager, found now through Pyramid's
-    current registry: call this at first use, not at import time), a
-    :class:`RedisManager`, a Pyramid registry or request (their app's manager), or a bare
-    ``redis.Redis`` / ``RedisCluster`` (keys without the app's prefix:
-    ``{capability}:...``). ``name`` is the named database, by default the capability's.
-    """
-    name = name or capability
-    if target is None:
-        target = current_manager()
-    elif not isinstance(target, RedisManager) and (
-        hasattr(target, "queryUtility") or hasattr(target, "registry")
-    ):
-        target = get_manager(target)
-    if isinstance(target, RedisManager):
-        return Binding(target.keyspace(capability, name), manager=target, name=name)
-    return Binding(KeySpace("", capability), client=target, name=name)
+# The spine lives in binding.py; these names stay importable from here.
+from .binding import Binding, bind  # noqa: E402

@@ -89,8 +89,48 @@ class ReplicationTimeout(TransientError, TimeoutError):
         self.acknowledged = acknowledged
 
 
-class SessionUnavailable(TransientError, ConnectionError):
+class Unavailable(TransientError, ConnectionError):
+    """Redis could not be reached or cannot serve now (a timeout, a dead server, a failover
+    in progress, a cluster slot without a master, no free pooled connection).
+
+    Raised by every capability for the same situations, with redis-py's error as
+    ``__cause__``. ``config.include("pyramid_transient")`` registers a 503 view for it.
+    """
+
+    def __init__(self, message: str, *, database: str | None = None) -> None:
+        super().__init__(message)
+        #: The database name the call used (``"sessions"``, ``"store"``, ...).
+        self.database = database
+
+
+class SessionUnavailable(Unavailable):
     """The session store could not be reached while loading or saving a session."""
+
+
+class CorruptData(TransientError, ValueError):
+    """A stored value or structure has the wrong type or cannot be parsed.
+
+    Reads treat a corrupt value as missing; this is raised where the capability cannot
+    repair the key itself, and names it and the repair.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str | None = None,
+        database: str | None = None,
+        repair: str | None = None,
+    ) -> None:
+        if key and repair:
+            message = f"{message}; repair: {repair}"
+        super().__init__(message)
+        #: The Redis key at fault, when known.
+        self.key = key
+        #: The database name of the key.
+        self.database = database
+        #: What repairs it (a command or a call), when there is one.
+        self.repair = repair
 
 
 class UnknownMessageKind(TransientError, ValueError):

@@ -518,7 +518,10 @@ class TokenStore:
         """The tokens of ``identities``, created where missing, in one round trip.
 
         Invalidations waiting for a retry on the same :attr:`target` go in the same round
-        trip, before the reads. Raises :class:`redis.RedisError` when Redis cannot be reached.
+        trip, before the reads. Raises :class:`~pyramid_transient.exceptions.Unavailable`
+        when Redis cannot be reached, and
+        :class:`~pyramid_transient.exceptions.CorruptData` when a token key holds another
+        type (deleting it, as :meth:`invalidate` does, repairs it).
         """
         return cast(list[bytes], self._read(identities, digest=False))
 
@@ -528,6 +531,12 @@ class TokenStore:
         return cast(bytes, self._read(identities, digest=True))
 
     def _read(self, identities: Sequence[str], *, digest: bool) -> Any:
+        # The spine's vocabulary: Unavailable for an outage, CorruptData for a token key
+        # that holds another type.
+        with self.binding.errors(self.key(identities[0]) if len(identities) == 1 else None):
+            return self._read_tokens(identities, digest=digest)
+
+    def _read_tokens(self, identities: Sequence[str], *, digest: bool) -> Any:
         client = self.client  # first: a client that cannot be built must not drop a retry
         waiting = _waiting(self.target, self.binding.name)
         retried = waiting.take() if waiting is not None else []

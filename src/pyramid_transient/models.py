@@ -513,6 +513,7 @@ class _Meta:
 
 @dataclass(frozen=True)
 class _Keys:
+    binding: Binding
     client: Any
     all: str
     meta: str
@@ -807,17 +808,16 @@ class RedisModel(BaseModel):
                 ks.tagged(tag, "data"),
                 tuple(ks.tagged(tag, "idx", i.field) for i in meta.indexes),
             )
-        return _Keys(binding.client, *names, keyspace=ks, tag=tag)
+        return _Keys(binding, binding.client, *names, keyspace=ks, tag=tag)
 
     @classmethod
     def _run(cls, keys: _Keys, name: str, data_key: str, extra_keys: Sequence[str],
              args: Sequence[Any]) -> Any:  # fmt: skip
         meta = cls.__transient_meta__
-        script = SCRIPTS.on(keys.client)[name]
         all_keys = [keys.all, keys.meta, data_key, *keys.indexes, *extra_keys]
         head = ["h" if meta.layout == "hash" else "k", len(meta.indexes)]
         head.extend(i.field for i in meta.indexes)
-        return script(keys=all_keys, args=[*head, *args], client=keys.client)
+        return keys.binding.run(SCRIPTS, name, all_keys, [*head, *args], client=keys.client)
 
     # ------------------------------------------------------------------ keys
 
@@ -850,7 +850,9 @@ class RedisModel(BaseModel):
         if meta.generated_id is str:
             return _new_text_id()
         keys = cls._keys()
-        return meta.id_blocks.take(keys.client, keys.keyspace.tagged(keys.tag, "ids"))
+        counter = keys.keyspace.tagged(keys.tag, "ids")
+        with keys.binding.errors(counter):
+            return meta.id_blocks.take(keys.client, counter)
 
     @classmethod
     def _pk_text(cls, values: Sequence[Any]) -> str:
@@ -1143,7 +1145,8 @@ class RedisModel(BaseModel):
         deleted = 0
         if meta.layout == "key":
             while True:
-                pks = [p.decode() for p in keys.client.zrange(keys.all, 0, SCAN_BATCH - 1)]
+                with keys.binding.errors(keys.all):
+                    pks = [p.decode() for p in keys.client.zrange(keys.all, 0, SCAN_BATCH - 1)]
                 if not pks:
                     break
                 deleted += cls._delete_pks(keys, [(pk, "") for pk in pks])
@@ -1259,7 +1262,8 @@ class RedisModel(BaseModel):
         pks = [reply[i].decode() for i in range(0, len(reply), 2)]
         if not pks:
             return out
-        datas = keys.client.mget([keys.obj(pk) for pk in pks])
+        with keys.binding.errors():
+            datas = keys.client.mget([keys.obj(pk) for pk in pks])
         for n, (pk, data) in enumerate(zip(pks, datas, strict=True)):
             obj = cls._load(pk, reply[2 * n + 1], data)
             if obj is not None:

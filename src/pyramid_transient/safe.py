@@ -51,7 +51,8 @@ import redis
 from redis.cluster import RedisCluster
 
 from . import codec
-from .connection import Binding, RedisManager, bind, get_manager, include_manager
+from .binding import Binding, bind, guard, send_on_one_connection
+from .connection import RedisManager, get_manager, include_manager
 from .exceptions import CodecError, ConfigurationError, ConflictError, ReplicationTimeout
 from .lua import ScriptSet
 from .settings import SafeSettings, TransientSettings
@@ -210,39 +211,6 @@ def _pairs(raw: Any) -> Iterable[tuple[Any, Any]]:
     return zip(raw[::2], raw[1::2], strict=True)
 
 
-def _send(
-    client: Client, key: str, commands: Sequence[tuple[Any, ...]], *, last_timeout: Any = _MISSING
-) -> list[Any]:
-    """Send ``commands`` in one round trip on one connection; return every reply.
-
-    Error replies are returned in place, not raised, so the connection stays in step.
-    ``WAIT`` must run on the connection that wrote, and its reply may take longer than
-    the socket timeout: ``last_timeout`` is the read timeout of the last reply.
-    """
-    node: Any = client
-    if isinstance(client, RedisCluster):
-        node = client.get_redis_connection(node.get_node_from_key(key))
-    pool = node.connection_pool
-    conn: Any = pool.get_connection()
-    try:
-        conn.send_packed_command(conn.pack_commands(commands))
-        replies: list[Any] = []
-        for i in range(len(commands)):
-            try:
-                if i == len(commands) - 1 and last_timeout is not _MISSING:
-                    replies.append(conn.read_response(timeout=last_timeout))
-                else:
-                    replies.append(conn.read_response())
-            except redis.ResponseError as exc:
-                replies.append(exc)
-        return replies
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
-
-
 def _check_wait(settings: TransientSettings) -> None:
     if settings.safe.wait_replicas and settings.mode == "memory":
         raise ConfigurationError(
@@ -293,19 +261,23 @@ class _Target:
         self.check = check_durability
         self.prepared = False
 
+    def errors(self) -> Any:
+        """Redis errors of any call on this safe leave as the library's (the spine)."""
+        return guard(DATABASE, self.key)
+
     def prepare(self, name: str) -> None:
         """At first use, in one round trip: load the scripts, check the server's persistence.
 
         Warns when the server would lose every write on restart.
         """
-        client = self.client()
         # Loading the scripts now saves a NOSCRIPT round trip at their first call.
         commands: list[tuple[Any, ...]] = [
             ("SCRIPT", "LOAD", source) for source in SCRIPTS.sources.values()
         ]
         if self.check:
             commands += [("CONFIG", "GET", "appendonly"), ("CONFIG", "GET", "save")]
-        replies = _send(client, self.key, commands)
+        with self.errors():
+            replies = send_on_one_connection(self.client(), self.key, commands)
         self.prepared = True
         if not self.check:
             return
@@ -498,34 +470,37 @@ class Safe(MutableMapping[str, Any]):
     def _write(self, t: _Target, *command: Any) -> Any:
         if not t.wait_replicas:
             client: Any = t.client()
-            return client.execute_command(*command)
+            with t.errors():
+                return client.execute_command(*command)
         return self._send_waiting(t, command)
 
     def _run(self, t: _Target, name: str, args: Sequence[Any]) -> Any:
         client = t.client()
         script = SCRIPTS.on(client)[name]
-        if not t.wait_replicas:
-            return script(keys=[t.key], args=args, client=client)
-        command = ("EVALSHA", script.sha, 1, t.key, *args)
-        try:
-            return self._send_waiting(t, command)
-        except redis.exceptions.NoScriptError:
-            # The script did not run, so sending it again cannot apply it twice.
-            t.client().script_load(script.script)
-            return self._send_waiting(t, command)
+        with t.errors():
+            if not t.wait_replicas:
+                return script(keys=[t.key], args=args, client=client)
+            command = ("EVALSHA", script.sha, 1, t.key, *args)
+            try:
+                return self._send_waiting(t, command)
+            except redis.exceptions.NoScriptError:
+                # The script did not run, so sending it again cannot apply it twice.
+                t.client().script_load(script.script)
+                return self._send_waiting(t, command)
 
     def _send_waiting(self, t: _Target, command: tuple[Any, ...]) -> Any:
         wait_ms = max(1, int(t.wait_timeout * 1000))
-        reply, acknowledged = _send(
-            t.client(),
-            t.key,
-            [command, ("WAIT", t.wait_replicas, wait_ms)],
-            last_timeout=t.wait_read_timeout,
-        )
-        if isinstance(reply, Exception):
-            raise reply
-        if isinstance(acknowledged, Exception):
-            raise acknowledged
+        with t.errors():
+            reply, acknowledged = send_on_one_connection(
+                t.client(),
+                t.key,
+                [command, ("WAIT", t.wait_replicas, wait_ms)],
+                read_timeout=t.wait_read_timeout,
+            )
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(acknowledged, Exception):
+                raise acknowledged
         if acknowledged < t.wait_replicas:
             raise ReplicationTimeout(
                 f"safe {self.name!r}: the write was applied on the master but only "
@@ -560,7 +535,8 @@ class Safe(MutableMapping[str, Any]):
         """The value of ``key``, or ``default``: one HGET."""
         field = _field(key)
         t = self._target()
-        raw = t.client().hget(t.key, field)
+        with t.errors():
+            raw = t.client().hget(t.key, field)
         if raw is None:
             return default
         value = self._decode(key, raw)
@@ -569,11 +545,13 @@ class Safe(MutableMapping[str, Any]):
     def __contains__(self, key: object) -> bool:
         field = _field(key)
         t = self._target()
-        return bool(t.client().hexists(t.key, field))
+        with t.errors():
+            return bool(t.client().hexists(t.key, field))
 
     def __len__(self) -> int:
         t = self._target()
-        return int(t.client().hlen(t.key))
+        with t.errors():
+            return int(t.client().hlen(t.key))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
@@ -581,7 +559,8 @@ class Safe(MutableMapping[str, Any]):
     def keys(self) -> KeysView[str]:
         """The keys, read in one HKEYS (a snapshot: later writes do not change it)."""
         t = self._target()
-        names = (_text(f) for f in t.client().hkeys(t.key))
+        with t.errors():
+            names = (_text(f) for f in t.client().hkeys(t.key))
         return dict.fromkeys(n for n in names if n is not None).keys()
 
     def items(self) -> ItemsView[str, Any]:
@@ -600,7 +579,9 @@ class Safe(MutableMapping[str, Any]):
         """
         t = self._target()
         result: dict[str, Any] = {}
-        for field, raw in _pairs(t.client().hgetall(t.key)):
+        with t.errors():
+            everything = t.client().hgetall(t.key)
+        for field, raw in _pairs(everything):
             key = _text(field)
             if key is None:
                 log.warning("safe %r: skipping a field that is not UTF-8: %r", self.name, field)
@@ -617,13 +598,14 @@ class Safe(MutableMapping[str, Any]):
         seen in either state, and an item present for the whole scan is seen at least once.
         """
         t = self._target()
-        for field, raw in t.client().hscan_iter(t.key, count=count):
-            key = _text(field)
-            if key is None:
-                continue
-            value = self._decode(key, raw)
-            if value is not _MISSING:
-                yield key, value
+        with t.errors():
+            for field, raw in t.client().hscan_iter(t.key, count=count):
+                key = _text(field)
+                if key is None:
+                    continue
+                value = self._decode(key, raw)
+                if value is not _MISSING:
+                    yield key, value
 
     # ------------------------------------------------------------------ writes
 
@@ -758,7 +740,8 @@ class Transaction(MutableMapping[str, Any]):
 
     def _load(self) -> dict[bytes, bytes]:
         if self._snapshot is None:
-            raw = self._t.client().hgetall(self._t.key)
+            with self._t.errors():
+                raw = self._t.client().hgetall(self._t.key)
             self._snapshot = {
                 f if isinstance(f, bytes) else f.encode("utf-8"): v
                 if isinstance(v, bytes)

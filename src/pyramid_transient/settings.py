@@ -116,6 +116,9 @@ class TransientSettings:
     #: ``transient.db.<name>`` mappings; ``default`` is always present.
     databases: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({"default": 0}))
     max_connections: int = 64
+    #: Seconds a caller waits for a free pooled connection when all ``max_connections``
+    #: are in use, before :class:`~pyramid_transient.exceptions.Unavailable`.
+    pool_timeout: float = 2.0
     #: Seconds; fail fast rather than hang a request on a dead server.
     socket_timeout: float = 0.5
     socket_connect_timeout: float = 0.5
@@ -347,6 +350,7 @@ SETTINGS: dict[str, Setting] = {
         _row("password", optional_string),
         _row("key_prefix", key_prefix),
         _row("max_connections", integer(1)),
+        _row("pool_timeout", number(0, allow_zero=False)),
         _row("socket_timeout", number(0, allow_zero=False)),
         _row("socket_connect_timeout", number(0, allow_zero=False)),
         _row("health_check_interval", integer(0)),

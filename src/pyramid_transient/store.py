@@ -34,7 +34,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -678,12 +678,8 @@ class _Binding:
         return SCRIPTS.on(self.client if client is None else client)[name]
 
     def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        client = self.client
-        try:
-            return SCRIPTS.on(client)[name](keys=keys, args=args, client=client)
-        except redis.ResponseError as exc:
-            _raise_script_error(exc)
-            raise
+        with self.where.errors(script_errors=_SCRIPT_ERRORS):
+            return self.where.run(SCRIPTS, name, keys, args)
 
     def run_registered(self, section: str, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run a script that may create ``section``, listing the section for root reads.
@@ -691,38 +687,35 @@ class _Binding:
         On a single server both go in one pipeline: one round trip. The listing is never
         removed (a few bytes per section name ever used), so it can never miss a section.
         """
-        client = self.client
-        if _is_cluster(client):
-            client.sadd(self.registry, section)
-            return self.run(name, keys, args)
-        script = self.script(name, client)
-        for attempt in (1, 2):
-            pipe = client.pipeline(transaction=False)
-            pipe.sadd(self.registry, section)
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-            results = pipe.execute(raise_on_error=False)
-            result = results[-1]
-            if isinstance(result, redis.exceptions.NoScriptError) and attempt == 1:
-                client.script_load(script.script)
-                continue
-            if isinstance(result, redis.ResponseError):
-                _raise_script_error(result)
-                raise result
-            return result
+        with self.where.errors(script_errors=_SCRIPT_ERRORS):
+            client = self.client
+            if _is_cluster(client):
+                client.sadd(self.registry, section)
+                return self.where.run(SCRIPTS, name, keys, args, client=client)
+            script = self.script(name, client)
+            for attempt in (1, 2):
+                pipe = client.pipeline(transaction=False)
+                pipe.sadd(self.registry, section)
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                results = pipe.execute(raise_on_error=False)
+                result = results[-1]
+                if isinstance(result, redis.exceptions.NoScriptError) and attempt == 1:
+                    client.script_load(script.script)
+                    continue
+                if isinstance(result, Exception):
+                    raise result
+                return result
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _raise_script_error(exc: redis.ResponseError) -> None:
-    text = str(exc)
-    if "LOCKLOST" in text:
-        raise LockNotOwned(
-            "the lock this proxy held has expired or was taken by another owner; "
-            "nothing was written"
-        ) from None
-    if "NOTNUM" in text:
-        raise ValueError("add() needs a number stored at the path (or nothing)") from None
-    if "RANGE" in text:
-        raise ValueError("add() result is out of range (64-bit integers, finite floats)") from None
+#: The store scripts' own error replies, and what the caller gets for each.
+_SCRIPT_ERRORS: dict[str, Callable[[], Exception]] = {
+    "LOCKLOST": lambda: LockNotOwned(
+        "the lock this proxy held has expired or was taken by another owner; nothing was written"
+    ),
+    "NOTNUM": lambda: ValueError("add() needs a number stored at the path (or nothing)"),
+    "RANGE": lambda: ValueError("add() result is out of range (64-bit integers, finite floats)"),
+}
 
 
 def _bind(
@@ -848,12 +841,15 @@ class Lock:
         deadline = mod_time.monotonic() + (wait if blocking else 0)
         owner = current_owner()
         pause = 0.002
-        client = self._binding.client
-        script = self._binding.script("acquire", client)
+        where = self._binding.where
+        with where.errors():
+            client = self._binding.client
+            script = self._binding.script("acquire", client)
         keys = self._keys()
         args: list[Any] = [self._node, owner, self._expire_ms]
         while True:
-            ok, value = script(keys=keys, args=args, client=client)
+            with where.errors(keys[0]):
+                ok, value = script(keys=keys, args=args, client=client)
             if ok == 1:
                 self._local.token = int(value)
                 self._local.count = self.held + 1
@@ -877,8 +873,9 @@ class Lock:
         # BLPOP on the section's wake-up list instead of sleeping: the releaser's script
         # pushes to it. Capped well below the clients' socket timeout.
         try:
-            client.blpop([self._keys()[3]], timeout=max(0.001, min(seconds, 0.1)))
-        except redis.ResponseError:  # e.g. BLPOP denied by an ACL: plain sleep instead
+            with self._binding.where.errors():
+                client.blpop([self._keys()[3]], timeout=max(0.001, min(seconds, 0.1)))
+        except redis.exceptions.NoPermissionError:  # BLPOP denied by an ACL: plain sleep
             mod_time.sleep(seconds)
 
     def release(self) -> None:
@@ -1144,7 +1141,8 @@ class Proxy:
     # ------------------------------------------------------------------ root
 
     def _sections(self) -> list[str]:
-        raw = self._binding.client.smembers(self._binding.registry)
+        with self._binding.where.errors(self._binding.registry):
+            raw = self._binding.client.smembers(self._binding.registry)
         return [n.decode("utf-8") if isinstance(n, bytes) else n for n in raw]
 
     def _per_section(self, name: str, args: Any, names: list[str] | None = None) -> list[Any]:
@@ -1153,25 +1151,26 @@ class Proxy:
         names = self._sections() if names is None else names
         if not names:
             return []
-        client = b.client
-        if _is_cluster(client):
-            return [b.run(name, b.data_keys(s), args(s)) for s in names]
-        script = b.script(name, client)
-        for attempt in (1, 2):
-            pipe = client.pipeline(transaction=False)
-            for s in names:
-                keys = b.data_keys(s)
-                pipe.evalsha(script.sha, len(keys), *keys, *args(s))
-            results = pipe.execute(raise_on_error=False)
-            if attempt == 1 and any(
-                isinstance(r, redis.exceptions.NoScriptError) for r in results
-            ):
-                client.script_load(script.script)
-                continue
-            for r in results:
-                if isinstance(r, Exception):
-                    raise r
-            return list(results)
+        with b.where.errors(script_errors=_SCRIPT_ERRORS):
+            client = b.client
+            if _is_cluster(client):
+                return [b.run(name, b.data_keys(s), args(s)) for s in names]
+            script = b.script(name, client)
+            for attempt in (1, 2):
+                pipe = client.pipeline(transaction=False)
+                for s in names:
+                    keys = b.data_keys(s)
+                    pipe.evalsha(script.sha, len(keys), *keys, *args(s))
+                results = pipe.execute(raise_on_error=False)
+                if attempt == 1 and any(
+                    isinstance(r, redis.exceptions.NoScriptError) for r in results
+                ):
+                    client.script_load(script.script)
+                    continue
+                for r in results:
+                    if isinstance(r, Exception):
+                        raise r
+                return list(results)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _root_val(self, default: Any) -> Any:

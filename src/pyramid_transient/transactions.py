@@ -5,8 +5,13 @@ successful commit, are dropped on abort, and are savepoint-aware (rolling a save
 drops only the work recorded after it). :func:`after_commit` records a callable in a data
 manager joined to the current transaction (pyramid_tm's ``request.tm``, or the thread's
 default manager); the data manager runs it in ``tpc_finish``, after every other resource,
-the SQL database included, has committed. Nothing there may raise into the application: a
-failure is logged (a connection error is retried once first).
+the SQL database included, has committed. Nothing there may raise into the application.
+
+An action is never sent again after it failed: a connection error may come after Redis ran
+it (a lost reply), and a second send would apply it twice. A failure is logged at ERROR,
+naming the action, and announced as an :class:`AfterCommitFailed` event, which an app can
+subscribe to (``config.add_subscriber(tell_the_user, AfterCommitFailed)``) to tell the user
+or to queue a repair.
 
 Used by ``flash(..., on_commit=True)`` and by models' ``save(on_commit=True)``.
 """
@@ -17,11 +22,34 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
 log = logging.getLogger(__name__)
 
-__all__ = ["AfterCommit", "after_commit"]
+__all__ = ["AfterCommit", "AfterCommitFailed", "after_commit"]
+
+
+class AfterCommitFailed:
+    """A Pyramid event: work deferred to the commit failed after the database committed.
+
+    Notified on the current registry (inside a request: the app's), once per failed
+    action, after it was logged. The action is not retried (see the module docstring).
+    """
+
+    def __init__(self, what: str, error: BaseException) -> None:
+        #: The action's description, e.g. ``"deferred save of Task '3'"``.
+        self.what = what
+        #: What it raised (:class:`~pyramid_transient.exceptions.Unavailable` when Redis
+        #: could not be reached; the write may or may not have been applied).
+        self.error = error
+
+
+def _announce(what: str, error: BaseException) -> None:
+    from pyramid.threadlocal import get_current_registry
+
+    try:
+        get_current_registry().notify(AfterCommitFailed(what, error))
+    except Exception:  # a subscriber's own failure must not hide the others' work
+        log.exception("a subscriber to AfterCommitFailed for %s failed", what)
+
 
 #: ``transaction`` orders resources by ``sortKey()``; zope.sqlalchemy's start with
 #: ``"~sqlalchemy:"``, and ours must finish after them.
@@ -71,13 +99,16 @@ class AfterCommit:
         work, self.work = self.work, []
         for what, action in work:
             try:
-                try:
-                    action()
-                except redis.ConnectionError:
-                    log.warning("retrying %s once after a connection error", what)
-                    action()
-            except Exception:
-                log.exception("%s failed after the transaction committed", what)
+                action()
+            except Exception as exc:
+                log.error(
+                    "%s failed after the transaction committed and was not applied, or its "
+                    "outcome is unknown (never sent twice): %s",
+                    what,
+                    exc,
+                    exc_info=True,
+                )
+                _announce(what, exc)
 
     def tpc_abort(self, txn: Any) -> None:
         self.work.clear()

@@ -517,3 +517,40 @@ def test_blackholed_sentinel_costs_one_timeout_not_ten(
         hole.stop()
     assert TIMEOUT * 0.9 <= elapsed < FAST
     assert hole.accepted == 1
+
+
+def test_a_deferred_save_whose_reply_is_lost_is_applied_once_and_reported(
+    proxy: FaultProxy, manager: RedisManager, direct: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    import transaction
+    from pyramid import testing as pyramid_testing
+
+    from pyramid_transient.models import RedisModel
+    from pyramid_transient.transactions import AfterCommitFailed
+
+    class Task(RedisModel):
+        __storage_name__ = "faults_task"
+        id: int
+        title: str = ""
+
+    Task.bind(manager.get("models"))
+    Task(id=1, title="first").save()
+    announced: list[AfterCommitFailed] = []
+    config = pyramid_testing.setUp()
+    try:
+        config.add_subscriber(announced.append, AfterCommitFailed)
+        with transaction.manager:  # the thread's, which save(on_commit=True) joins
+            task = Task.get(1)
+            task.title = "second"
+            task.save(on_commit=True)
+            sent = proxy.count(b"EVALSHA")
+            proxy.lose_replies(b"EVALSHA")
+    finally:
+        pyramid_testing.tearDown()
+    assert proxy.count(b"EVALSHA") == sent + 1  # sent once, never again
+    port = direct.connection_pool.connection_kwargs["port"]
+    Task.bind(redis.Redis(host="127.0.0.1", port=port, db=manager.db_number("models")))
+    stored = Task.get(1)
+    assert stored.title == "second"  # applied (once: it was sent once)
+    assert [a.what for a in announced] == ["deferred save of Task '1'"]
+    assert "deferred save of Task '1' failed after the transaction committed" in caplog.text

@@ -1,0 +1,286 @@
+"""The spine: the one way every capability reaches Redis.
+
+A :class:`Binding` is where one capability's keys live (a client and a
+:class:`~pyramid_transient.keys.KeySpace`), resolved by :func:`bind` from whatever the
+user handed the capability: a :class:`~pyramid_transient.connection.RedisManager`, a
+Pyramid request or registry, a bare ``redis.Redis`` / ``RedisCluster``, or nothing (the
+running app's manager). It runs Lua scripts (``EVALSHA``, loading the script again on
+``NOSCRIPT``) and pipelines, and translates what fails into the library's vocabulary
+(DESIGN section 7), here and nowhere else:
+
+* the server unreachable, a timeout, ``BUSY`` / ``LOADING``, ``READONLY`` during a
+  failover, ``CLUSTERDOWN``, ``MASTERDOWN``, ``TRYAGAIN``, a pool with no free connection
+  within ``transient.pool_timeout``: :class:`~pyramid_transient.exceptions.Unavailable`
+  (also the builtin :class:`ConnectionError`), redis-py's error as ``__cause__``;
+* a key holding another type (``WRONGTYPE``):
+  :class:`~pyramid_transient.exceptions.CorruptData` naming the key, which each capability
+  turns into its documented corrupt-data path (read as missing, repaired, or raised).
+
+Capabilities build keys and arguments; they do not catch redis-py's exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
+
+from .exceptions import CorruptData, Unavailable
+from .keys import KeySpace
+
+if TYPE_CHECKING:
+    from .connection import RedisManager
+    from .lua import ScriptSet
+
+__all__ = ["Binding", "bind", "guard", "send_on_one_connection", "translate"]
+
+T = TypeVar("T")
+
+#: redis-py's errors that mean "the data is there, the server is not (now)".
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,  # refused, reset, BusyLoadingError (LOADING), pool exhausted
+    redis.TimeoutError,
+    redis.exceptions.ReadOnlyError,  # a demoted master during a failover
+    redis.exceptions.ClusterDownError,  # CLUSTERDOWN and MASTERDOWN
+    redis.exceptions.TryAgainError,  # a slot being migrated
+    redis.exceptions.ClusterError,  # the cluster client gave up after its redirections
+    # no node reachable, a slot no node covers (these are not even RedisErrors)
+    redis.exceptions.RedisClusterUnreachableError,
+    redis.exceptions.SlotNotCoveredError,
+)
+
+#: Reply prefixes that mean the same, for errors redis-py reports as plain ResponseError.
+_UNAVAILABLE_REPLIES = ("BUSY", "LOADING", "READONLY", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN")
+
+
+def translate(exc: BaseException, database: str, key: str | None = None) -> BaseException | None:
+    """The library's exception for redis-py's ``exc``, or None to let ``exc`` through.
+
+    ``database`` is the database name the call used; ``key`` the key it was about, when
+    the call had one (it goes into :class:`CorruptData`).
+    """
+    if isinstance(exc, redis.ResponseError):
+        text = str(exc)
+        if text.startswith("WRONGTYPE"):
+            return CorruptData(
+                f"Redis key {key!r} holds a value of the wrong type"
+                if key
+                else f"a key of database {database!r} holds a value of the wrong type",
+                key=key,
+                database=database,
+            )
+        if not text.startswith(_UNAVAILABLE_REPLIES) and not isinstance(exc, _UNAVAILABLE):
+            return None
+    elif not isinstance(exc, _UNAVAILABLE) and not (
+        isinstance(exc, RedisClusterException) and "cannot be connected" in str(exc)
+    ):
+        return None
+    return Unavailable(
+        f"Redis database {database!r} is unavailable ({type(exc).__name__}: {exc})",
+        database=database,
+    )
+
+
+class _Translating:
+    """``with binding.errors(key):``: redis-py's errors leave as the library's."""
+
+    __slots__ = ("database", "key", "script_errors")
+
+    def __init__(
+        self,
+        database: str,
+        key: str | None,
+        script_errors: Mapping[str, Callable[[], BaseException]] | None = None,
+    ) -> None:
+        self.database = database
+        self.key = key
+        self.script_errors = script_errors
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            return
+        if self.script_errors and isinstance(exc, redis.ResponseError):
+            text = str(exc)
+            for code, make in self.script_errors.items():
+                if code in text:
+                    raise make() from None
+        translated = translate(exc, self.database, self.key)
+        if translated is not None:
+            raise translated from exc
+
+
+def guard(
+    database: str,
+    key: str | None = None,
+    *,
+    script_errors: Mapping[str, Callable[[], BaseException]] | None = None,
+) -> _Translating:
+    """``with guard("safe", key):`` translates redis-py's errors as :meth:`Binding.errors`
+    does, for code that holds a client rather than a :class:`Binding`."""
+    return _Translating(database, key, script_errors)
+
+
+_DEFAULT_TIMEOUT: Any = object()
+
+
+def send_on_one_connection(
+    client: Any,
+    key: str,
+    commands: Sequence[tuple[Any, ...]],
+    *,
+    read_timeout: Any = _DEFAULT_TIMEOUT,
+) -> list[Any]:
+    """Send ``commands`` in one round trip on one connection (of the node serving ``key``
+    on a Cluster); return every reply, error replies in place (not raised), so the
+    connection stays in step.
+
+    For ``WAIT``, which must run on the connection that wrote and whose reply may take
+    longer than the socket timeout: ``read_timeout`` is the read timeout of the last reply.
+    Errors of the connection itself are raised as redis-py's; callers translate them.
+    """
+    node: Any = client
+    if isinstance(client, RedisCluster):
+        node = client.get_redis_connection(node.get_node_from_key(key))
+    pool = node.connection_pool
+    conn: Any = pool.get_connection()
+    try:
+        conn.send_packed_command(conn.pack_commands(commands))
+        replies: list[Any] = []
+        for i in range(len(commands)):
+            try:
+                if i == len(commands) - 1 and read_timeout is not _DEFAULT_TIMEOUT:
+                    replies.append(conn.read_response(timeout=read_timeout))
+                else:
+                    replies.append(conn.read_response())
+            except redis.ResponseError as exc:  # an error reply: returned in its place
+                replies.append(exc)
+        return replies
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+
+
+class Binding:
+    """Where one capability's keys live, and the one path by which it reaches them.
+
+    Built by :func:`bind`. Bound to a manager, it asks the manager for the client on every
+    use, so a forked child gets its own connections; bound to a bare client, it uses that
+    client and keys without the app's prefix.
+    """
+
+    __slots__ = ("_client", "keyspace", "manager", "name")
+
+    def __init__(
+        self,
+        keyspace: KeySpace,
+        *,
+        manager: RedisManager | None = None,
+        client: Any = None,
+        name: str = "default",
+    ) -> None:
+        #: The capability's keys.
+        self.keyspace = keyspace
+        #: The manager, when bound to one.
+        self.manager = manager
+        #: The database name asked of the manager (and named by :class:`Unavailable`).
+        self.name = name
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        """The ``redis.Redis`` (or ``RedisCluster``) to talk to."""
+        if self.manager is not None:
+            with _Translating(self.name, None):  # a Cluster client connects as it is built
+                return self.manager.get(self.name)
+        return self._client
+
+    def errors(
+        self,
+        key: str | None = None,
+        *,
+        script_errors: Mapping[str, Callable[[], BaseException]] | None = None,
+    ) -> _Translating:
+        """A context manager that turns redis-py's errors into the library's (see
+        :func:`translate`); ``key`` names the key in :class:`CorruptData`.
+        ``script_errors`` maps a capability's own script error codes (``error_reply``
+        texts such as ``"LOCKLOST"``) to the exception the caller gets instead."""
+        return _Translating(self.name, key, script_errors)
+
+    def call(self, fn: Callable[..., T], *args: Any, key: str | None = None) -> T:
+        """``fn(client, *args)`` with errors translated: ``binding.call(type(c).get, k)``
+        or a small function of the client."""
+        with _Translating(self.name, key):
+            return fn(self.client, *args)
+
+    def run(
+        self,
+        scripts: ScriptSet,
+        name: str,
+        keys: Sequence[Any],
+        args: Sequence[Any],
+        *,
+        client: Any = None,
+    ) -> Any:
+        """Run script ``name`` of ``scripts`` (one round trip: ``EVALSHA``, and the script
+        is loaded and sent again only if the server answers ``NOSCRIPT``, which means it did
+        not run). Errors are translated; the script's own errors (``redis.call`` failures,
+        ``error_reply``) leave as redis-py's ``ResponseError`` for the capability to read."""
+        with _Translating(self.name, keys[0] if len(keys) == 1 else None):
+            target = self.client if client is None else client
+            return scripts.on(target)[name](keys=keys, args=args, client=target)
+
+    def execute(self, pipe: Any, *, raise_on_error: bool = True) -> list[Any]:
+        """Send a pipeline built on :attr:`client` (one round trip), errors translated."""
+        with _Translating(self.name, None):
+            return list(pipe.execute(raise_on_error=raise_on_error))
+
+    def __repr__(self) -> str:
+        where = repr(self.manager) if self.manager is not None else repr(self._client)
+        return f"<Binding {self.keyspace.base!r} on {where}>"
+
+
+def bind(target: Any, capability: str, name: str | None = None) -> Binding:
+    """Resolve what a user handed a capability into a :class:`Binding`.
+
+    ``target`` may be ``None`` (the running app's manager, found now through Pyramid's
+    current registry: call this at first use, not at import time), a
+    :class:`~pyramid_transient.connection.RedisManager`, a Pyramid registry or request
+    (their app's manager), an existing :class:`Binding` (returned as it is), or a bare
+    ``redis.Redis`` / ``RedisCluster`` (keys without the app's prefix:
+    ``{capability}:...``). ``name`` is the named database, by default the capability's.
+    """
+    from .connection import RedisManager, current_manager, get_manager
+
+    if isinstance(target, Binding):
+        return target
+    name = name or capability
+    if target is None:
+        target = current_manager()
+    elif not isinstance(target, RedisManager) and (
+        hasattr(target, "queryUtility") or hasattr(target, "registry")
+    ):
+        target = get_manager(target)
+    if isinstance(target, RedisManager):
+        return Binding(target.keyspace(capability, name), manager=target, name=name)
+    if not hasattr(target, "execute_command"):
+        from .exceptions import ConfigurationError
+
+        raise ConfigurationError(
+            f"{capability} needs a RedisManager, a Pyramid request or registry, or a "
+            f"redis.Redis / RedisCluster client, not {target!r}"
+        )
+    return Binding(KeySpace("", capability), client=target, name=name)
