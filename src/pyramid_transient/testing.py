@@ -334,7 +334,11 @@ class RedisServer:
         self.process = subprocess.Popen(
             self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()  # a server that never became ready must not outlive the error
+            raise
         return self
 
     def wait_ready(self, timeout: float = 10.0) -> None:
@@ -371,14 +375,15 @@ class RedisServer:
     def stop(self) -> None:
         """Stop the server (only the process we started, by its pid)."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
         if process.stderr:
             process.stderr.close()
 
