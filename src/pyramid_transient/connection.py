@@ -381,9 +381,7 @@ class RedisManager:
             }
             if s.sentinel_password:
                 sentinel_kwargs["password"] = s.sentinel_password
-            self._sentinel = Sentinel(
-                list(s.sentinel_nodes), sentinel_kwargs=sentinel_kwargs
-            )
+            self._sentinel = Sentinel(list(s.sentinel_nodes), sentinel_kwargs=sentinel_kwargs)
         return self._sentinel
 
     def _make_cluster(self) -> TransientRedisCluster:
