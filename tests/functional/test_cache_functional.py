@@ -56,7 +56,8 @@ def test_updating_a_row_shows_on_both_pages_at_the_next_request(app: webtest.Tes
 
 def test_unknown_item_is_not_found(app: webtest.TestApp) -> None:
     app.get("/cache/999", status=404)
-    app.post("/cache/999", {"name": "x"}, status=404)
+    token = app.get("/cache/1").html.select_one("#edit input[name=csrf_token]")["value"]
+    app.post("/cache/999", {"csrf_token": token, "name": "x", "price": "1"}, status=404)
 
 
 def test_home_page_links_the_cache_page(app: webtest.TestApp) -> None:

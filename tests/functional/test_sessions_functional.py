@@ -15,8 +15,6 @@ from webob.cookies import SignedSerializer
 from pyramid_transient.connection import get_manager
 from pyramid_transient.testing import RedisServer
 
-RETRY = {"pyramid.includes": "pyramid_retry", "retry.attempts": "3"}
-
 
 def manager_of(app: webtest.TestApp) -> Any:
     return get_manager(app.app.registry)
@@ -88,9 +86,13 @@ def test_message_text_is_escaped(testapp: webtest.TestApp) -> None:
     assert shown(testapp) == ["&lt;script&gt;x&lt;/script&gt;"]
 
 
-def test_html_message_is_rendered_as_html(testapp: webtest.TestApp) -> None:
-    post(testapp, "/sessions/flash", text="<em>yes</em>", html="1")
-    assert shown(testapp) == ["<em>yes</em>"]
+def test_html_from_the_form_is_ignored_so_a_message_is_always_escaped(
+    testapp: webtest.TestApp,
+) -> None:
+    # The form once took html=1: a client could flash unescaped <script> to itself.
+    post(testapp, "/sessions/flash", text="<script>x</script>", html="1")
+    assert shown(testapp) == ["&lt;script&gt;x&lt;/script&gt;"]
+    assert testapp.get("/sessions").html.find("input", attrs={"name": "html"}) is None
 
 
 def test_unknown_kind_is_a_bad_request_naming_it(testapp: webtest.TestApp) -> None:
@@ -98,7 +100,7 @@ def test_unknown_kind_is_a_bad_request_naming_it(testapp: webtest.TestApp) -> No
     res = testapp.post(
         "/sessions/flash", {"csrf_token": token, "text": "x", "kind": "bogus"}, status=400
     )
-    assert "'bogus'" in res.text
+    assert "'bogus'" in res.html.find(id="error").text
     assert shown(testapp) == []
 
 
@@ -254,7 +256,7 @@ def test_payload_copied_from_another_session_is_refused(testapp: webtest.TestApp
 
 
 def test_retried_attempt_persists_nothing(make_app: Callable[..., webtest.TestApp]) -> None:
-    app = make_app(**RETRY)
+    app = make_app()
     post(app, "/sessions/conflict")
     assert state(app)["counter"] == 1
     assert shown(app) == ["Saved after a retried conflict."]
@@ -279,14 +281,24 @@ def test_on_commit_message_is_dropped_when_the_transaction_aborts(
 # ------------------------------------------------------------------ Redis down
 
 
-def test_redis_stopped_and_started_again(make_app: Callable[..., webtest.TestApp]) -> None:
+def test_redis_stopped_and_started_again(
+    make_app: Callable[..., webtest.TestApp], caplog: pytest.LogCaptureFixture
+) -> None:
     with RedisServer() as server:
         app = make_app(**{"transient.url": server.url})
         post(app, "/sessions/increment")
+        (key,) = session_keys(app)
         server.stop()
         assert app.get("/").status_int == 200
-        down = app.get("/sessions/state", status=503)
-        assert "unreachable" in down.text
+        with caplog.at_level(logging.ERROR, logger="pyramid_transient.demo"):
+            down = app.get("/sessions/state", status=503)
+        assert "unreachable" in caplog.text  # the reason is logged for the operator
+        assert down.headers["Retry-After"]
+        assert "try again" in down.html.find(id="error").text
+        assert down.html.find(id="home-link") is not None
+        # ... and the visitor sees no internals: not the server, not the session key.
+        assert str(server.port) not in down.text and "127.0.0.1" not in down.text
+        assert ":session:" not in down.text and key.decode().rsplit(":", 1)[1][:6] not in down.text
         server.start()
         assert app.get("/sessions/state").json["counter"] == 0  # the server kept nothing
         post(app, "/sessions/increment")
