@@ -322,3 +322,32 @@ def test_changing_the_session_is_one_more_round_trip(
     with round_trips() as rt:
         testapp.post("/sessions/increment", {"csrf_token": token})
     assert rt.commands == ["GETEX", "SET"]
+
+
+# ------------------------------------------------------------------ hostile input
+
+
+def test_a_message_past_the_form_limit_is_a_readable_400(testapp: webtest.TestApp) -> None:
+    token = state(testapp)["csrf_token"]
+    res = testapp.post("/sessions/flash", {"csrf_token": token, "text": "x" * 50_000}, status=400)
+    assert "at most 500 characters" in res.html.find(id="error").text
+    assert shown(testapp) == []
+
+
+def test_a_session_grown_past_max_bytes_is_a_readable_413_and_keeps_what_it_had(
+    make_app: Callable[..., webtest.TestApp],
+) -> None:
+    app = make_app(**{"transient.sessions.max_bytes": "2048"})
+    post(app, "/sessions/increment")
+    token = state(app)["csrf_token"]
+    statuses = []
+    for n in range(10):  # distinct messages of 450 characters: past 2 KiB after a few
+        res = app.post(
+            "/sessions/flash", {"csrf_token": token, "text": f"{n} " + "m" * 450}, status="*"
+        )
+        statuses.append(res.status_int)
+    assert 413 in statuses, statuses
+    refused = res
+    assert "larger than this site keeps" in refused.html.find(id="error").text
+    assert refused.html.find(id="home-link") is not None
+    assert state(app)["counter"] == 1  # the last session that fit is still there
