@@ -1,4 +1,4 @@
-"""Sessions and flash messages through the demo app (webtest, ``test.ini``)."""
+"""Sessions and flash messages through the demo app (webtest, the app of ``development.ini``)."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def test_session_key_follows_the_layout_with_the_timeout_as_ttl(
     post(testapp, "/sessions/increment")
     (key,) = session_keys(testapp)
     assert key.startswith(f"{app_settings['transient.key_prefix']}:session:".encode())
-    assert 1190 < sessions_db(testapp).ttl(key) <= 1200  # test.ini: redis.sessions.timeout
+    assert 1190 < sessions_db(testapp).ttl(key) <= 1200  # development.ini: redis.sessions.timeout
 
 
 def test_reading_the_session_refreshes_its_ttl(testapp: webtest.TestApp) -> None:

@@ -1,9 +1,10 @@
 """The demo's error pages: the layout, a short reason, a link home, and no internals.
 
-A 4xx page says what was wrong with the request (the message of the exception, which the
-demo words for visitors). A 500 page says only that something failed: the traceback goes
-to the log. The 503 page for an unreachable session store logs the error (which names the
-server and the session key) and shows neither.
+A 4xx page gives Pyramid's explanation of the status, the demo's own wording for a failed
+CSRF check, or the detail of a :class:`BadInput` (written for visitors). A 500 page says
+only that something failed: the traceback goes to the log. The 503 page for an unreachable
+session store logs the error (which names the server and the session key) and shows
+neither.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Demo page of the nested-dict store: a tree you can write, count in and expire.
 
-Each action is one store call (one Lua script, one round trip); the ``add`` action runs
-inside a tree lock on the path's first element. Paths, values and expiries are limited
+``set`` and ``delete`` are one Lua script call (one round trip) each, whatever the size of
+the subtree; ``add`` takes a tree lock on the path's first element, adds and releases
+the lock (three calls, uncontended). Paths, values and expiries are limited
 (:data:`MAX_PATH_ELEMENTS`, :data:`MAX_PATH_CHARS`, the limits of :mod:`.inputs`,
 :data:`MAX_EXPIRE`) and the page states the limits. The page shows each child of the
 section with its value (capped in depth and length, whatever is stored) and when it, or
