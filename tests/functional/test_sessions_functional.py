@@ -351,3 +351,12 @@ def test_a_session_grown_past_max_bytes_is_a_readable_413_and_keeps_what_it_had(
     assert "larger than this site keeps" in refused.html.find(id="error").text
     assert refused.html.find(id="home-link") is not None
     assert state(app)["counter"] == 1  # the last session that fit is still there
+
+
+def test_a_retried_attempt_is_not_logged_as_an_error(
+    testapp: webtest.TestApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="pyramid_transient.demo"):
+        post(testapp, "/sessions/conflict")
+    assert "retrying POST /sessions/conflict" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -16,6 +16,7 @@ from pyramid.exceptions import BadCSRFToken
 from pyramid.httpexceptions import HTTPBadRequest, HTTPError
 from pyramid.renderers import render_to_response
 from pyramid.request import Request
+from pyramid_retry import is_error_retryable, is_last_attempt
 
 from ..exceptions import SessionTooLarge, SessionUnavailable
 
@@ -117,7 +118,11 @@ def session_unavailable(exc: SessionUnavailable, request: Any) -> Any:
 
 
 def server_error(exc: Exception, request: Any) -> Any:
-    log.error("error answering %s %s", request.method, request.path_qs, exc_info=exc)
+    if is_error_retryable(request, exc) and not is_last_attempt(request):
+        # pyramid_retry throws this response away and tries the request again.
+        log.info("retrying %s %s after %r", request.method, request.path_qs, exc)
+    else:
+        log.error("error answering %s %s", request.method, request.path_qs, exc_info=exc)
     return error_page(
         request, 500, "Server error", "Something went wrong on our side; it has been logged."
     )

@@ -46,9 +46,11 @@ def _soonest_inside(child: Proxy) -> tuple[str, float] | str | None:
         for grandchild in node.iter_children():
             seen += 1
             ttl = grandchild.time_to_live()
-            if ttl is not None and ttl >= 0 and (soonest is None or ttl < soonest[1]):
+            if ttl is None or ttl < 0:
+                queue.append(grandchild)
+            elif soonest is None or ttl < soonest[1]:
+                # Nothing below a node outlives it: no need to look further down.
                 soonest = (grandchild.key(), ttl)
-            queue.append(grandchild)
             if seen >= EXPIRY_SCAN_NODES:
                 break
     if soonest is None and queue and seen >= EXPIRY_SCAN_NODES:
