@@ -513,7 +513,7 @@ def _command_names(packed: Any) -> str:
 
 
 def test_settings(url: str, *, key_prefix: str = "", **extra: Any) -> dict[str, Any]:
-    """``transient.*`` settings for tests: the databases of test.ini on ``url``."""
+    """``transient.*`` settings for tests: the databases of :data:`TEST_DBS` on ``url``."""
     settings: dict[str, Any] = {"transient.url": url, "transient.key_prefix": key_prefix}
     settings.update({f"transient.db.{name}": str(db) for name, db in TEST_DBS.items()})
     settings.update(extra)

@@ -56,7 +56,8 @@ def test_updating_a_row_shows_on_both_pages_at_the_next_request(app: webtest.Tes
 
 def test_unknown_item_is_not_found(app: webtest.TestApp) -> None:
     app.get("/cache/999", status=404)
-    app.post("/cache/999", {"name": "x"}, status=404)
+    token = app.get("/cache/1").html.select_one("#edit input[name=csrf_token]")["value"]
+    app.post("/cache/999", {"csrf_token": token, "name": "x", "price": "1"}, status=404)
 
 
 def test_home_page_links_the_cache_page(app: webtest.TestApp) -> None:
@@ -68,3 +69,43 @@ def test_cached_values_live_in_the_cache_database(app: webtest.TestApp) -> None:
     manager = get_manager(app.app.registry)
     region = get_region(app.app.registry, "default")
     assert region.backend.writer_client.connection_pool is manager.get("cache").connection_pool
+
+
+# ------------------------------------------------------------------ hostile input
+
+
+def edit(app: webtest.TestApp, status: int | str = 400, **fields: str) -> webtest.TestResponse:
+    form = app.get("/cache/1").forms["edit"]
+    for name, value in fields.items():
+        form[name] = value
+    return form.submit(status=status)
+
+
+@pytest.mark.parametrize("item_id", ["99999999999999999999", "9" * 5000])
+def test_an_id_of_many_digits_is_a_styled_404(app: webtest.TestApp, item_id: str) -> None:
+    page = app.get(f"/cache/{item_id}", status=404)
+    assert page.html.find(id="home-link") is not None
+    token = app.get("/cache/1").html.select_one("#edit input[name=csrf_token]")["value"]
+    app.post(f"/cache/{item_id}", {"csrf_token": token, "name": "x", "price": "1"}, status=404)
+
+
+@pytest.mark.parametrize(
+    "price", ["9" * 5000, "99999999999999999999", "ten", "-1", "²", ""], ids=repr
+)
+def test_an_invalid_price_is_a_400_saying_why_and_changes_nothing(
+    app: webtest.TestApp, price: str
+) -> None:
+    page = edit(app, name="Changed", price=price)
+    assert "The price must be a whole number from 0 to 1000000" in page.html.find(id="error").text
+    assert len(page.text) < 20_000
+    after = app.get("/cache/1")
+    assert "<h1>Teapot</h1>" in after.text and "Price: 25" in after.text
+
+
+@pytest.mark.parametrize("name", ["   ", "n" * 101])
+def test_an_invalid_name_is_a_400_saying_why_and_changes_nothing(
+    app: webtest.TestApp, name: str
+) -> None:
+    page = edit(app, name=name, price="30")
+    assert "The name must be 1 to 100 characters long" in page.html.find(id="error").text
+    assert "Price: 25" in app.get("/cache/1").text

@@ -1,14 +1,16 @@
-"""The demo's module-safe page, driven through webtest from test.ini."""
+"""The demo's module-safe page, driven through webtest (the app of development.ini)."""
 
 from __future__ import annotations
 
+import pytest
 import webtest
 
 from pyramid_transient.connection import get_manager
+from pyramid_transient.safe import Safe, get_safe
 
 
 def _submit(
-    app: webtest.TestApp, form_id: str, status: int = 303, **fields: str
+    app: webtest.TestApp, form_id: str, status: int | str = 303, **fields: str | bool
 ) -> webtest.TestResponse:
     form = app.get("/safe").forms[form_id]
     for name, value in fields.items():
@@ -95,3 +97,54 @@ def test_the_safe_lives_in_one_hash_under_the_app_prefix(
         key == f"{app_settings['transient.key_prefix']}:safe:{{pyramid_transient.demo.views_safe}}"
     )
     assert client.hgetall(key) == {b"a": b'"1"'}
+
+
+# ------------------------------------------------------------------ hostile input, limits
+
+
+def demo_safe(app: webtest.TestApp) -> Safe:
+    """The demo's safe, reached without its forms (as another module's code would)."""
+    return get_safe("pyramid_transient.demo.views_safe", get_manager(app.app.registry))
+
+
+def _error(page: webtest.TestResponse) -> str:
+    return page.html.select_one("#error").get_text()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("deep", [100_000, 4_000, 11], ids=["100k", "4k", "11"])
+def test_json_nested_too_deep_is_a_readable_4xx_in_set_and_update(
+    testapp: webtest.TestApp, deep: int
+) -> None:
+    value = "[" * deep + "]" * deep
+    set_page = _submit(testapp, "set", status="4*", key="k", value=value, json=True)
+    update_page = _submit(testapp, "update", status="4*", lines=f"k = {value}")
+    for page in (set_page, update_page):
+        assert page.status_int in (400, 413)
+        assert "at most" in _error(page)
+    assert _entries(testapp) == {}
+
+
+def test_a_text_value_past_the_limit_is_a_400(testapp: webtest.TestApp) -> None:
+    page = _submit(testapp, "set", status=400, key="k", value="x" * 20_000)
+    assert "10,000" in _error(page)
+
+
+def test_a_long_value_stored_another_way_is_shown_cut_short(testapp: webtest.TestApp) -> None:
+    demo_safe(testapp)["long"] = "y" * 100_000
+    page = testapp.get("/safe")
+    assert "more characters" in page.html.select_one("#entries").get_text()
+    assert len(page.body) < 30_000
+
+
+def test_a_deep_value_stored_another_way_still_renders(testapp: webtest.TestApp) -> None:
+    deep: list[object] = []
+    for _ in range(200):
+        deep = [deep]
+    demo_safe(testapp)["deep"] = deep
+    page = testapp.get("/safe")
+    assert "too deep to show" in page.html.select_one("#entries").get_text()
+
+
+def test_the_limits_are_stated_on_the_page(testapp: webtest.TestApp) -> None:
+    text = testapp.get("/safe").html.select_one("#limits").get_text()
+    assert "200" in text and "10,000" in text and "10 levels" in text

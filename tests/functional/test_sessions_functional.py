@@ -1,4 +1,4 @@
-"""Sessions and flash messages through the demo app (webtest, ``test.ini``)."""
+"""Sessions and flash messages through the demo app (webtest, the app of ``development.ini``)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from webob.cookies import SignedSerializer
 
 from pyramid_transient.connection import get_manager
 from pyramid_transient.testing import RedisServer
-
-RETRY = {"pyramid.includes": "pyramid_retry", "retry.attempts": "3"}
 
 
 def manager_of(app: webtest.TestApp) -> Any:
@@ -88,9 +86,13 @@ def test_message_text_is_escaped(testapp: webtest.TestApp) -> None:
     assert shown(testapp) == ["&lt;script&gt;x&lt;/script&gt;"]
 
 
-def test_html_message_is_rendered_as_html(testapp: webtest.TestApp) -> None:
-    post(testapp, "/sessions/flash", text="<em>yes</em>", html="1")
-    assert shown(testapp) == ["<em>yes</em>"]
+def test_html_from_the_form_is_ignored_so_a_message_is_always_escaped(
+    testapp: webtest.TestApp,
+) -> None:
+    # The form once took html=1: a client could flash unescaped <script> to itself.
+    post(testapp, "/sessions/flash", text="<script>x</script>", html="1")
+    assert shown(testapp) == ["&lt;script&gt;x&lt;/script&gt;"]
+    assert testapp.get("/sessions").html.find("input", attrs={"name": "html"}) is None
 
 
 def test_unknown_kind_is_a_bad_request_naming_it(testapp: webtest.TestApp) -> None:
@@ -98,7 +100,7 @@ def test_unknown_kind_is_a_bad_request_naming_it(testapp: webtest.TestApp) -> No
     res = testapp.post(
         "/sessions/flash", {"csrf_token": token, "text": "x", "kind": "bogus"}, status=400
     )
-    assert "'bogus'" in res.text
+    assert "'bogus'" in res.html.find(id="error").text
     assert shown(testapp) == []
 
 
@@ -128,7 +130,7 @@ def test_session_key_follows_the_layout_with_the_timeout_as_ttl(
     post(testapp, "/sessions/increment")
     (key,) = session_keys(testapp)
     assert key.startswith(f"{app_settings['transient.key_prefix']}:session:".encode())
-    assert 1190 < sessions_db(testapp).ttl(key) <= 1200  # test.ini: redis.sessions.timeout
+    assert 1190 < sessions_db(testapp).ttl(key) <= 1200  # development.ini: redis.sessions.timeout
 
 
 def test_reading_the_session_refreshes_its_ttl(testapp: webtest.TestApp) -> None:
@@ -254,7 +256,7 @@ def test_payload_copied_from_another_session_is_refused(testapp: webtest.TestApp
 
 
 def test_retried_attempt_persists_nothing(make_app: Callable[..., webtest.TestApp]) -> None:
-    app = make_app(**RETRY)
+    app = make_app()
     post(app, "/sessions/conflict")
     assert state(app)["counter"] == 1
     assert shown(app) == ["Saved after a retried conflict."]
@@ -279,14 +281,24 @@ def test_on_commit_message_is_dropped_when_the_transaction_aborts(
 # ------------------------------------------------------------------ Redis down
 
 
-def test_redis_stopped_and_started_again(make_app: Callable[..., webtest.TestApp]) -> None:
+def test_redis_stopped_and_started_again(
+    make_app: Callable[..., webtest.TestApp], caplog: pytest.LogCaptureFixture
+) -> None:
     with RedisServer() as server:
         app = make_app(**{"transient.url": server.url})
         post(app, "/sessions/increment")
+        (key,) = session_keys(app)
         server.stop()
         assert app.get("/").status_int == 200
-        down = app.get("/sessions/state", status=503)
-        assert "unreachable" in down.text
+        with caplog.at_level(logging.ERROR, logger="pyramid_transient.demo"):
+            down = app.get("/sessions/state", status=503)
+        assert "unreachable" in caplog.text  # the reason is logged for the operator
+        assert down.headers["Retry-After"]
+        assert "try again" in down.html.find(id="error").text
+        assert down.html.find(id="home-link") is not None
+        # ... and the visitor sees no internals: not the server, not the session key.
+        assert str(server.port) not in down.text and "127.0.0.1" not in down.text
+        assert ":session:" not in down.text and key.decode().rsplit(":", 1)[1][:6] not in down.text
         server.start()
         assert app.get("/sessions/state").json["counter"] == 0  # the server kept nothing
         post(app, "/sessions/increment")
@@ -310,3 +322,41 @@ def test_changing_the_session_is_one_more_round_trip(
     with round_trips() as rt:
         testapp.post("/sessions/increment", {"csrf_token": token})
     assert rt.commands == ["GETEX", "SET"]
+
+
+# ------------------------------------------------------------------ hostile input
+
+
+def test_a_message_past_the_form_limit_is_a_readable_400(testapp: webtest.TestApp) -> None:
+    token = state(testapp)["csrf_token"]
+    res = testapp.post("/sessions/flash", {"csrf_token": token, "text": "x" * 50_000}, status=400)
+    assert "at most 500 characters" in res.html.find(id="error").text
+    assert shown(testapp) == []
+
+
+def test_a_session_grown_past_max_bytes_is_a_readable_413_and_keeps_what_it_had(
+    make_app: Callable[..., webtest.TestApp],
+) -> None:
+    app = make_app(**{"transient.sessions.max_bytes": "2048"})
+    post(app, "/sessions/increment")
+    token = state(app)["csrf_token"]
+    statuses = []
+    for n in range(10):  # distinct messages of 450 characters: past 2 KiB after a few
+        res = app.post(
+            "/sessions/flash", {"csrf_token": token, "text": f"{n} " + "m" * 450}, status="*"
+        )
+        statuses.append(res.status_int)
+    assert 413 in statuses, statuses
+    refused = res
+    assert "larger than this site keeps" in refused.html.find(id="error").text
+    assert refused.html.find(id="home-link") is not None
+    assert state(app)["counter"] == 1  # the last session that fit is still there
+
+
+def test_a_retried_attempt_is_not_logged_as_an_error(
+    testapp: webtest.TestApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="pyramid_transient.demo"):
+        post(testapp, "/sessions/conflict")
+    assert "retrying POST /sessions/conflict" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

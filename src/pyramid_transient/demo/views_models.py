@@ -1,7 +1,11 @@
 """Demo page of Redis models: tasks with indexed status and priority, each expiring alone.
 
-Saves and deletes are deferred to pyramid_tm's commit (``on_commit=True``): the redirect
-after a POST is answered only once they are written, and a failed request writes nothing.
+Saves and deletes are deferred to pyramid_tm's commit (``on_commit=True``): a request that
+fails or is aborted writes nothing, and a committed one writes after its commit, before
+the redirect is sent. A write that fails at that moment (Redis unreachable) is logged,
+not reported: the redirect is answered all the same, so it does not prove the write.
+Form fields are checked first: an invalid task, an unknown task or a filter outside its
+range answers 400 with the page and the reason.
 """
 
 from __future__ import annotations
@@ -11,9 +15,14 @@ from typing import Any, ClassVar
 
 from pydantic import Field, ValidationError
 from pyramid.httpexceptions import HTTPSeeOther
+from pyramid.renderers import render_to_response
 
 from ..exceptions import NotFound
 from ..models import RedisModel
+from . import inputs
+
+#: Longest task id the forms take (generated ids are far shorter).
+MAX_PK = 64
 
 
 class Status(enum.StrEnum):
@@ -38,12 +47,19 @@ NEXT = {Status.todo: Status.doing, Status.doing: Status.done, Status.done: Statu
 
 def _page(request: Any, error: str | None = None) -> dict[str, Any]:
     status = request.GET.get("status", "")
-    min_priority = request.GET.get("min_priority", "")
+    min_priority = request.GET.get("min_priority", "").strip()
     lookups: dict[str, Any] = {}
     if status in Status.__members__:
         lookups["status"] = status
-    if min_priority.isdigit():
-        lookups["priority__gte"] = int(min_priority)
+    elif status:
+        error = error or f"Unknown status {status[:20]!r}: use one of todo, doing, done."
+        status = ""
+    if min_priority:
+        try:
+            lookups["priority__gte"] = inputs.whole_number(min_priority, "Min priority", 1, 5)
+        except inputs.FormError as exc:
+            error = error or f"{exc}."
+            min_priority = ""
     tasks = DemoTask.filter(**lookups) if lookups else DemoTask.all()
     tasks.sort(key=lambda t: (-t.priority, t.title))
     if error is not None:
@@ -56,6 +72,7 @@ def _page(request: Any, error: str | None = None) -> dict[str, Any]:
         "min_priority": min_priority,
         "lookups": lookups,
         "error": error,
+        "csrf_token": request.session.get_csrf_token(),
     }
 
 
@@ -69,21 +86,26 @@ def models_post(request: Any) -> Any:
         if action == "add":
             DemoTask(
                 title=request.POST.get("title", "").strip(),
-                priority=request.POST.get("priority", "1"),
-                status=request.POST.get("status", "todo"),
+                priority=inputs.whole_number(request.POST.get("priority", "1"), "priority", 1, 5),
+                status=request.POST.get("status", "todo")[:20],
             ).save(on_commit=True)
         elif action in ("advance", "delete"):
-            task = DemoTask.get(request.POST.get("pk", ""))
+            pk = request.POST.get("pk", "")
+            if not pk or len(pk) > MAX_PK:
+                raise NotFound(pk[:MAX_PK])
+            task = DemoTask.get(pk)
             if action == "advance":
                 task.status = NEXT[task.status]
                 task.save(on_commit=True)
             else:
                 task.delete(on_commit=True)
         else:
-            raise ValueError(f"unknown action {action!r}: use add, advance or delete")
+            raise ValueError(f"unknown action {action[:20]!r}: use add, advance or delete")
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return _render_error(request, f"invalid task: {problems}")
+    except inputs.FormError as exc:
+        return _render_error(request, f"invalid task: {exc}")
     except NotFound:
         return _render_error(request, "that task does not exist any more")
     except ValueError as exc:
@@ -92,8 +114,6 @@ def models_post(request: Any) -> Any:
 
 
 def _render_error(request: Any, message: str) -> Any:
-    from pyramid.renderers import render_to_response
-
     return render_to_response(
         "models.jinja2", _page(request, error=message), request=request, response=request.response
     )

@@ -1,21 +1,26 @@
 """Demo page: sessions and flash messages (route ``sessions``).
 
-A counter kept in the session, flash messages of every kind (escaped unless ``html``),
-peek versus pop, ``on_commit`` messages with a transaction that commits or aborts, a
-conflict that pyramid_retry retries, id rotation and invalidation. Every form is a POST
-protected by Pyramid's default CSRF policy, which keeps its token in our session.
+A counter kept in the session, flash messages of every kind (always escaped: the page
+never flashes a visitor's text as HTML), peek versus pop, ``on_commit`` messages with a
+transaction that commits or aborts, a conflict that pyramid_retry (included by the demo)
+retries, id rotation and invalidation. Every form is a POST protected by Pyramid's
+default CSRF policy, which keeps its token in our session.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pyramid.httpexceptions import HTTPBadRequest, HTTPSeeOther
-from pyramid.response import Response
+from pyramid.httpexceptions import HTTPSeeOther
 
-from ..exceptions import SessionUnavailable, UnknownMessageKind
+from ..exceptions import UnknownMessageKind
 from ..messages import flash, message_kinds, peek_messages, pop_messages, render_messages
 from ..sessions import rotate_session
+from .errors import BadInput
+
+#: Longest message text and ``msg_id`` the form takes, in characters.
+MAX_TEXT = 500
+MAX_MSG_ID = 50
 
 
 def _back(request: Any) -> HTTPSeeOther:
@@ -29,6 +34,8 @@ def page(request: Any) -> dict[str, Any]:
         "messages": render_messages(pop_messages(request)),
         "kinds": message_kinds(request),
         "csrf_token": session.get_csrf_token(),
+        "max_text": MAX_TEXT,
+        "max_msg_id": MAX_MSG_ID,
     }
 
 
@@ -52,17 +59,23 @@ def increment(request: Any) -> HTTPSeeOther:
 
 def add_message(request: Any) -> HTTPSeeOther:
     params = request.POST
+    text, msg_id = params.get("text", ""), params.get("msg_id", "")
+    if len(text) > MAX_TEXT or len(msg_id) > MAX_MSG_ID:
+        raise BadInput(
+            f"A message takes at most {MAX_TEXT} characters and a msg_id at most "
+            f"{MAX_MSG_ID}; nothing was flashed."
+        )
     try:
+        # Never html=True from a form: a visitor's text is always escaped.
         flash(
             request,
-            params.get("text", ""),
+            text,
             params.get("kind", "info"),
-            msg_id=params.get("msg_id") or None,
-            html=bool(params.get("html")),
+            msg_id=msg_id or None,
             on_commit=bool(params.get("on_commit")),
         )
     except UnknownMessageKind as exc:  # the form offers only known kinds; a crafted POST
-        raise HTTPBadRequest(str(exc)) from exc
+        raise BadInput(str(exc)) from exc
     if params.get("abort"):
         # The view succeeds but its transaction is rolled back: on_commit messages vanish.
         request.tm.doom()
@@ -120,14 +133,6 @@ def invalidate(request: Any) -> HTTPSeeOther:
     return _back(request)
 
 
-def unavailable(exc: SessionUnavailable, request: Any) -> Response:
-    return Response(
-        f"Sessions are unavailable right now: {exc}",
-        status=503,
-        content_type="text/plain",
-    )
-
-
 def includeme(config: Any) -> None:
     config.add_route("sessions", "/sessions")
     config.add_route("sessions_state", "/sessions/state")
@@ -136,8 +141,8 @@ def includeme(config: Any) -> None:
     config.add_route("sessions_conflict", "/sessions/conflict")
     config.add_route("sessions_rotate", "/sessions/rotate")
     config.add_route("sessions_invalidate", "/sessions/invalidate")
-    config.add_view(page, route_name="sessions", renderer="sessions.jinja2")
-    config.add_view(state, route_name="sessions_state", renderer="json")
+    config.add_view(page, route_name="sessions", request_method="GET", renderer="sessions.jinja2")
+    config.add_view(state, route_name="sessions_state", request_method="GET", renderer="json")
     for route, view in (
         ("sessions_increment", increment),
         ("sessions_flash", add_message),
@@ -146,4 +151,3 @@ def includeme(config: Any) -> None:
         ("sessions_invalidate", invalidate),
     ):
         config.add_view(view, route_name=route, request_method="POST", require_csrf=True)
-    config.add_exception_view(unavailable, context=SessionUnavailable)
