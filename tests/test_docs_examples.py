@@ -33,11 +33,11 @@ the server keys replaced by the suite's redis-server, a fresh key prefix and the
 databases of ``test.ini``):
 
 ``config``, ``registry``, ``manager``
-    The Configurator of a real app (its ``pyramid.includes`` are the page's; a page
-    without ini gets ``pyramid_transient`` and a session secret), its registry and its
+    The Configurator of a real app (``pyramid.includes`` of the page, else
+    ``pyramid_transient``; a page without ini also gets a session secret), its registry and its
     :class:`RedisManager`.
 ``app``
-    A ``webtest.TestApp`` of that app. Route ``home`` (``/``) reads one Redis key.
+    A ``webtest.TestApp`` of that app, on HTTPS. Route ``home`` (``/``) reads one Redis key.
 ``call(view, *args, **attrs)``
     Runs ``view(request, *args)`` inside a real request through ``app`` (its tweens:
     pyramid_tm when included, sessions), after setting ``attrs`` on the request
@@ -49,7 +49,7 @@ databases of ``test.ini``):
 ``celery_app``
     A stand-in with a ``conf`` attribute (Celery is not a dependency).
 ``__name__``
-    ``"myapp.views"``.
+    ``"myapp.views"``: the namespace is that module's, registered in ``sys.modules``.
 
 and the module ``myapp.models`` (importable, named by ini examples): ``DBSession`` (a
 ``sessionmaker`` on a real SQLite file), ``Base``, ``User``, ``Article``, ``Comment``, with
@@ -67,6 +67,7 @@ import shlex
 import sys
 import textwrap
 import tomllib
+import traceback
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -308,11 +309,14 @@ def install_myapp(directory: Path, monkeypatch: pytest.MonkeyPatch) -> types.Mod
         DBSession=make_sessionmaker(bind=engine),
         engine=engine,
     )
+    views = types.ModuleType("myapp.views")  # the module a page's examples run in
     package = types.ModuleType("myapp")
     package.__path__ = []
     package.models = models  # type: ignore[attr-defined]
+    package.views = views  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "myapp", package)
     monkeypatch.setitem(sys.modules, "myapp.models", models)
+    monkeypatch.setitem(sys.modules, "myapp.views", views)
     return models
 
 
@@ -330,7 +334,8 @@ class PageApp:
         self.config = Configurator(settings=settings)
         self.config.include(self._glue)
         self.wsgi = self.config.make_wsgi_app()
-        self.testapp = webtest.TestApp(self.wsgi)
+        # HTTPS, as behind a production proxy: Secure cookies come back.
+        self.testapp = webtest.TestApp(self.wsgi, extra_environ={"wsgi.url_scheme": "https"})
         self.env = prepare(registry=self.config.registry)
 
     def _glue(self, config: Configurator) -> None:
@@ -370,16 +375,19 @@ class PageApp:
 
     def namespace(self) -> dict[str, Any]:
         registry = self.config.registry
-        return {
-            "__name__": "myapp.views",
-            "config": self.config,
-            "registry": registry,
-            "manager": get_manager(registry),
-            "app": self.testapp,
-            "call": self.call,
-            "request": self.env["request"],
-            "celery_app": SimpleNamespace(conf=SimpleNamespace()),
-        }
+        namespace = sys.modules["myapp.views"].__dict__
+        namespace.update(
+            {
+                "config": self.config,
+                "registry": registry,
+                "manager": get_manager(registry),
+                "app": self.testapp,
+                "call": self.call,
+                "request": self.env["request"],
+                "celery_app": SimpleNamespace(conf=SimpleNamespace()),
+            }
+        )
+        return namespace
 
     def close(self) -> None:
         self.env["closer"]()
@@ -456,8 +464,9 @@ def _start(
 ) -> dict[str, Any]:
     settings = {k: v for k, v in page_settings.items() if not _SERVER_KEY.match(k)}
     settings.update(transient_settings)
+    settings.setdefault("pyramid.includes", "pyramid_transient")
     if not page_settings:  # a page without ini: the smallest complete app
-        settings.update({"pyramid.includes": "pyramid_transient", "redis.sessions.secret": "s"})
+        settings["redis.sessions.secret"] = "docs-examples-secret"
     settings.pop("here", None)
     settings.pop("__file__", None)
     ini = "\n".join(f"{k} = {v}" for k, v in settings.items())
@@ -476,8 +485,12 @@ def _run(block: Block, action: Callable[..., Any], *args: Any) -> Any:
     except ExampleFailed as exc:
         raise ExampleFailed(f"{block.page}:{block.line}: {exc}") from None
     except Exception as exc:
+        line = block.line
+        for frame, lineno in traceback.walk_tb(exc.__traceback__):
+            if frame.f_code.co_filename == str(ROOT / block.page):
+                line = lineno  # the innermost line of the page that failed
         raise ExampleFailed(
-            f"{block.page}:{block.line}: the {block.lang or 'literal'} block fails: "
+            f"{block.page}:{line}: the {block.lang or 'literal'} block fails: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
 
@@ -499,7 +512,9 @@ def _render(code: str, namespace: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("page", PAGES)
 def test_examples_run(page: str, run_page: Callable[[list[Block]], dict[str, int]]) -> None:
-    run_page(page_blocks(page))
+    blocks = page_blocks(page)
+    counts = run_page(blocks)
+    assert not blocks or sum(counts.values()) > 0, counts
 
 
 def test_no_run_blocks_are_the_listed_few() -> None:
