@@ -381,9 +381,7 @@ class RedisManager:
             }
             if s.sentinel_password:
                 sentinel_kwargs["password"] = s.sentinel_password
-            self._sentinel = Sentinel(
-                list(s.sentinel_nodes), sentinel_kwargs=sentinel_kwargs
-            )
+            self._sentinel = Sentinel(list(s.sentinel_nodes), sentinel_kwargs=sentinel_kwargs)
         return self._sentinel
 
     def _make_cluster(self) -> TransientRedisCluster:
@@ -417,7 +415,7 @@ class RedisManager:
         logging. On Sentinel the URL uses the ``sentinel://`` form Kombu understands, with
         ``transient.password`` (the master's); give Kombu ``transient.sentinel.password`` in
         its ``sentinel_kwargs`` transport option. A Cluster has no single URL and raises
-        :class:`ConfigurationError`.
+        :class:`~pyramid_transient.exceptions.ConfigurationError`.
         """
         db = self.db_number(name)
         s = self.settings
@@ -548,7 +546,8 @@ includeme = include_manager
 
 
 class Binding:
-    """Where one capability's keys live: a client and a :class:`KeySpace`.
+    """Where one capability's keys live: a client and a
+    :class:`~pyramid_transient.keys.KeySpace`.
 
     Built by :func:`bind` from whatever the user handed a capability. Bound to a manager,
     it asks the manager for the client on every use, so a forked child gets its own
