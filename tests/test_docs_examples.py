@@ -233,7 +233,7 @@ def check_shell(code: str) -> int:
                 except SystemExit:
                     raise ExampleFailed(f"ptransient refuses {command!r}") from None
                 checked += 1
-            if "pip" in words and "install" in words:
+            if any(Path(w).name in ("pip", "pip3") for w in words) and "install" in words:
                 for i, word in enumerate(words):
                     if word in ("-c", "--constraint") and not (ROOT / words[i + 1]).is_file():
                         raise ExampleFailed(f"{command!r}: no constraints file {words[i + 1]}")
