@@ -250,7 +250,8 @@ def _zone(key: str) -> ZoneInfo:
 
 
 def decode(data: bytes | str) -> Any:
-    """Decode a payload made by :func:`encode`; raises :class:`CodecError` if it is not one."""
+    """Decode a payload made by :func:`encode`; raises
+    :class:`~pyramid_transient.exceptions.CodecError` if it is not one."""
     try:
         return _DECODER.decode(
             data.decode("utf-8") if isinstance(data, bytes | bytearray) else data

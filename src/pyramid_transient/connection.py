@@ -420,7 +420,7 @@ class RedisManager:
         logging. On Sentinel the URL uses the ``sentinel://`` form Kombu understands, with
         ``transient.password`` (the master's); give Kombu ``transient.sentinel.password`` in
         its ``sentinel_kwargs`` transport option. A Cluster has no single URL and raises
-        :class:`ConfigurationError`.
+        :class:`~pyramid_transient.exceptions.ConfigurationError`.
         """
         db = self.db_number(name)
         s = self.settings

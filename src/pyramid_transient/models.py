@@ -1018,7 +1018,8 @@ class RedisModel(BaseModel):
         return result[0]
 
     def refresh(self) -> Self:
-        """Reload the object's fields from Redis; :class:`NotFound` if it is gone."""
+        """Reload the object's fields from Redis;
+        :class:`~pyramid_transient.exceptions.NotFound` if it is gone."""
         fresh = type(self)._get_pk(self.pk)
         if fresh is None:
             raise NotFound(f"{type(self).__name__} {self.pk!r} does not exist (any more)")
@@ -1040,7 +1041,8 @@ class RedisModel(BaseModel):
 
     @classmethod
     def get(cls, pk: Any) -> Self:
-        """The object with primary key ``pk`` (one round trip); :class:`NotFound` if none.
+        """The object with primary key ``pk`` (one round trip);
+        :class:`~pyramid_transient.exceptions.NotFound` if none.
 
         ``pk`` is the ``id`` value, a tuple (or dict) of the ``__unique_together__`` values,
         or the generated ``obj.pk``; values are coerced to the fields' types.
@@ -1058,7 +1060,8 @@ class RedisModel(BaseModel):
         """The one object matching every lookup, the primary key included.
 
         With the primary key (``pk=...`` or every key field) it costs one round trip;
-        otherwise as :meth:`filter`. Raises :class:`NotFound` or :class:`MultipleFound`.
+        otherwise as :meth:`filter`. Raises :class:`~pyramid_transient.exceptions.NotFound` or
+        :class:`~pyramid_transient.exceptions.MultipleFound`.
         """
         meta = cls.__transient_meta__
         pk_value: Any = None
@@ -1079,7 +1082,9 @@ class RedisModel(BaseModel):
 
     @classmethod
     def match_for_values(cls, **lookups: Any) -> Self:
-        """The one object :meth:`filter` finds; :class:`NotFound` or :class:`MultipleFound`."""
+        """The one object :meth:`filter` finds;
+        :class:`~pyramid_transient.exceptions.NotFound` or
+        :class:`~pyramid_transient.exceptions.MultipleFound`."""
         found = cls.filter(**lookups)
         if not found:
             raise NotFound(f"no {cls.__name__} matches {lookups!r}")

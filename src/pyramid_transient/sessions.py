@@ -869,7 +869,8 @@ class TransientSessionFactory:
 
     The keyword arguments are those of pyramid_session_redis's ``RedisSessionFactory``
     (see the settings reference), with our defaults (``cookie_samesite="Lax"``,
-    ``python_expires=False``), plus ``manager`` (the :class:`RedisManager` whose
+    ``python_expires=False``), plus ``manager`` (the
+    :class:`~pyramid_transient.connection.RedisManager` whose
     ``sessions`` database holds the sessions; the running app's by default),
     ``max_bytes`` and ``serializer`` (``"json"`` or ``"pickle"``).
     """
