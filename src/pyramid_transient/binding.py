@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.cluster import RedisCluster
@@ -36,9 +36,7 @@ if TYPE_CHECKING:
     from .connection import RedisManager
     from .lua import ScriptSet
 
-__all__ = ["Binding", "bind", "guard", "send_on_one_connection", "translate"]
-
-T = TypeVar("T")
+__all__ = ["Binding", "Translating", "bind", "guard", "send_on_one_connection", "translate"]
 
 #: redis-py's errors that mean "the data is there, the server is not (now)".
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -61,7 +59,7 @@ def translate(exc: BaseException, database: str, key: str | None = None) -> Base
     """The library's exception for redis-py's ``exc``, or None to let ``exc`` through.
 
     ``database`` is the database name the call used; ``key`` the key it was about, when
-    the call had one (it goes into :class:`CorruptData`).
+    the call had one (it goes into :class:`~pyramid_transient.exceptions.CorruptData`).
     """
     if isinstance(exc, redis.ResponseError):
         text = str(exc)
@@ -85,7 +83,7 @@ def translate(exc: BaseException, database: str, key: str | None = None) -> Base
     )
 
 
-class _Translating:
+class Translating:
     """``with binding.errors(key):``: redis-py's errors leave as the library's."""
 
     __slots__ = ("database", "key", "script_errors")
@@ -126,10 +124,10 @@ def guard(
     key: str | None = None,
     *,
     script_errors: Mapping[str, Callable[[], BaseException]] | None = None,
-) -> _Translating:
+) -> Translating:
     """``with guard("safe", key):`` translates redis-py's errors as :meth:`Binding.errors`
     does, for code that holds a client rather than a :class:`Binding`."""
-    return _Translating(database, key, script_errors)
+    return Translating(database, key, script_errors)
 
 
 _DEFAULT_TIMEOUT: Any = object()
@@ -196,7 +194,8 @@ class Binding:
         self.keyspace = keyspace
         #: The manager, when bound to one.
         self.manager = manager
-        #: The database name asked of the manager (and named by :class:`Unavailable`).
+        #: The database name asked of the manager (and named by
+        #: :class:`~pyramid_transient.exceptions.Unavailable`).
         self.name = name
         self._client = client
 
@@ -204,7 +203,7 @@ class Binding:
     def client(self) -> Any:
         """The ``redis.Redis`` (or ``RedisCluster``) to talk to."""
         if self.manager is not None:
-            with _Translating(self.name, None):  # a Cluster client connects as it is built
+            with Translating(self.name, None):  # a Cluster client connects as it is built
                 return self.manager.get(self.name)
         return self._client
 
@@ -213,18 +212,13 @@ class Binding:
         key: str | None = None,
         *,
         script_errors: Mapping[str, Callable[[], BaseException]] | None = None,
-    ) -> _Translating:
+    ) -> Translating:
         """A context manager that turns redis-py's errors into the library's (see
-        :func:`translate`); ``key`` names the key in :class:`CorruptData`.
+        :func:`translate`); ``key`` names the key in
+        :class:`~pyramid_transient.exceptions.CorruptData`.
         ``script_errors`` maps a capability's own script error codes (``error_reply``
         texts such as ``"LOCKLOST"``) to the exception the caller gets instead."""
-        return _Translating(self.name, key, script_errors)
-
-    def call(self, fn: Callable[..., T], *args: Any, key: str | None = None) -> T:
-        """``fn(client, *args)`` with errors translated: ``binding.call(type(c).get, k)``
-        or a small function of the client."""
-        with _Translating(self.name, key):
-            return fn(self.client, *args)
+        return Translating(self.name, key, script_errors)
 
     def run(
         self,
@@ -239,13 +233,13 @@ class Binding:
         is loaded and sent again only if the server answers ``NOSCRIPT``, which means it did
         not run). Errors are translated; the script's own errors (``redis.call`` failures,
         ``error_reply``) leave as redis-py's ``ResponseError`` for the capability to read."""
-        with _Translating(self.name, keys[0] if len(keys) == 1 else None):
+        with Translating(self.name, keys[0] if len(keys) == 1 else None):
             target = self.client if client is None else client
             return scripts.on(target)[name](keys=keys, args=args, client=target)
 
     def execute(self, pipe: Any, *, raise_on_error: bool = True) -> list[Any]:
         """Send a pipeline built on :attr:`client` (one round trip), errors translated."""
-        with _Translating(self.name, None):
+        with Translating(self.name, None):
             return list(pipe.execute(raise_on_error=raise_on_error))
 
     def __repr__(self) -> str:

@@ -268,8 +268,8 @@ class TransientRedisBackend(RedisBackend):
     """dogpile's Redis backend on a client we already have, with our key layout.
 
     Arguments: ``client`` (a :class:`~pyramid_transient.connection.RedisManager`, a
-    registry, a :class:`~pyramid_transient.connection.Binding` or a bare ``redis.Redis``:
-    whatever :func:`~pyramid_transient.connection.bind` takes; a manager's ``cache``
+    registry, a :class:`~pyramid_transient.binding.Binding` or a bare ``redis.Redis``:
+    whatever :func:`~pyramid_transient.binding.bind` takes; a manager's ``cache``
     client is asked for on every use, so nothing connects at configuration time and a
     forked worker gets its own pool), ``keyspace`` (values under
     ``<keyspace>:<region>:v:<key>``, locks under ``...:l:<key>``; by default the

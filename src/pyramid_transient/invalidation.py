@@ -474,7 +474,7 @@ class TokenStore:
     """Reads, creates and invalidates tokens in one Redis database.
 
     ``client`` is a ``redis.Redis`` (or ``RedisCluster``), or a
-    :class:`~pyramid_transient.connection.Binding` whose client is asked for on every use
+    :class:`~pyramid_transient.binding.Binding` whose client is asked for on every use
     (so a forked worker gets its own connections); ``keyspace`` the
     :class:`~pyramid_transient.keys.KeySpace` of the tokens (by default the binding's, or
     ``KeySpace("", "token")`` for a client). :func:`token_store` builds one for an app.

@@ -483,7 +483,9 @@ class TransientSession(RedisSession):
         except redis.ResponseError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise SessionUnavailable(
-                    f"the session store refused to load session key {factory.redact(key)!r}: {exc}"
+                    "the session store refused to load session key "
+                    f"{factory.redact(key)!r}: {exc}",
+                    database="sessions",
                 ) from exc
             # Something else wrote a hash, list... under the key: corrupt, not an outage.
             log.warning(
@@ -497,7 +499,8 @@ class TransientSession(RedisSession):
         except redis.RedisError as exc:
             raise SessionUnavailable(
                 "the session store is unreachable while loading session key "
-                f"{factory.redact(key)!r}: {exc}"
+                f"{factory.redact(key)!r}: {exc}",
+                database="sessions",
             ) from exc
         except UnicodeDecodeError as exc:
             # Payloads start with a binary HMAC, which a decoding client cannot return.

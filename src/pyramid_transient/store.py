@@ -635,7 +635,7 @@ def current_owner() -> str:
 
 @dataclass(frozen=True)
 class _Binding:
-    """Where a store lives (:class:`~pyramid_transient.connection.Binding`: its client,
+    """Where a store lives (:class:`~pyramid_transient.binding.Binding`: its client,
     asked for at each use so a forked child gets its own connections, and its keys), with
     the lock timeouts that apply there."""
 
@@ -721,7 +721,7 @@ _SCRIPT_ERRORS: dict[str, Callable[[], Exception]] = {
 def _bind(
     target: Any, db_name: str | None, acquire: float | None, expire: float | None
 ) -> _Binding:
-    """Bind to ``target`` (see :func:`~pyramid_transient.connection.bind`): a manager's
+    """Bind to ``target`` (see :func:`~pyramid_transient.binding.bind`): a manager's
     ``transient.store.*`` settings give the lock timeouts not passed as arguments."""
     where = bind(target, "store", db_name)
     acquire_default, expire_default = DEFAULT_LOCK_ACQUIRE_TIMEOUT, DEFAULT_LOCK_EXPIRE_TIMEOUT

@@ -76,6 +76,7 @@ __all__ = [
     "test_settings",
 ]
 
+#: The database numbers the tests use, by name (``transient.db.*`` of :func:`test_settings`).
 TEST_DBS = {"default": 13, "sessions": 14, "cache": 14, "celery": 15}
 
 

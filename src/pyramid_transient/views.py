@@ -1,7 +1,8 @@
 """The default 503 answer for :class:`~pyramid_transient.exceptions.Unavailable`.
 
 ``config.include("pyramid_transient")`` registers :func:`unavailable_view` for every
-:class:`Unavailable` (sessions', store's, models', safes'...). An app answers otherwise by
+:class:`~pyramid_transient.exceptions.Unavailable` (sessions', store's, models',
+safes'...). An app answers otherwise by
 registering its own exception view for it, which overrides this one::
 
     config.add_exception_view(my_page, context=Unavailable)

@@ -197,3 +197,39 @@ def test_the_home_page_never_shows_the_server_url_or_its_password(
 def test_the_home_page_links_every_capability_page(testapp: webtest.TestApp) -> None:
     paths = {urlsplit(a["href"]).path for a in testapp.get("/").html.select("#pages a")}
     assert paths == {"/sessions", "/cache", "/store", "/models", "/safe"}
+
+
+def test_every_page_answers_a_readable_503_while_redis_is_down(
+    make_app: Callable[..., webtest.TestApp], caplog: pytest.LogCaptureFixture
+) -> None:
+    from pyramid_transient.testing import RedisServer
+
+    with RedisServer() as server:
+        app = make_app(**{"transient.url": server.url})
+        pages = [url for url in crawl(app) if url != HOME]
+        assert len(pages) >= 5  # one per capability
+        # every page with a session cookie, as a returning visitor has
+        app.post("/sessions/increment", {"csrf_token": _token(app)})
+        server.stop()
+        with caplog.at_level(logging.ERROR, logger="pyramid_transient.demo"):
+            for url in pages:
+                down = app.get(url, expect_errors=True)
+                if urlsplit(url).path == "/cache":
+                    # caches fail open: the list is built from the database, uncached
+                    # (an item page reads the session, for its messages: a 503)
+                    assert down.status_int == 200, (url, down.status)
+                    continue
+                assert down.status_int == 503, (url, down.status)
+                assert down.headers["Retry-After"], url
+                assert "try again" in down.html.find(id="error").text, url
+                assert down.html.find(id="home-link") is not None, url
+                assert str(server.port) not in down.text and "127.0.0.1" not in down.text
+        assert "Redis is unavailable" in caplog.text
+        assert app.get(HOME).status_int == 200  # a page that needs no Redis still answers
+
+
+def _token(app: webtest.TestApp) -> str:
+    page = app.get("/sessions")
+    field = page.html.find("input", attrs={"name": "csrf_token"})
+    assert field is not None
+    return str(field["value"])

@@ -16,6 +16,8 @@ from typing import Any
 from pyramid.config import Configurator
 
 from ..connection import get_manager, redact_url
+from ..exceptions import Unavailable
+from . import errors
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ def main(global_config: Any, **settings: Any) -> Any:
         for module, _name, _title in PAGES:
             config.include(module, route_prefix=None)
         config.include(".errors")
+        # Our page for Unavailable, here in main: an includer's registration overrides
+        # pyramid_transient's default 503 view (from a sibling include it would conflict).
+        config.add_exception_view(errors.unavailable, context=Unavailable)
         app = config.make_wsgi_app()
     manager = get_manager(app.registry)
     log.info("demo backend: %s", _where(manager))

@@ -18,7 +18,7 @@ from pyramid.renderers import render_to_response
 from pyramid.request import Request
 from pyramid_retry import is_error_retryable, is_last_attempt
 
-from ..exceptions import SessionTooLarge, SessionUnavailable
+from ..exceptions import SessionTooLarge, SessionUnavailable, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +106,16 @@ def session_too_large(exc: SessionTooLarge, request: Any) -> Any:
     )
 
 
-def session_unavailable(exc: SessionUnavailable, request: Any) -> Any:
-    log.error("sessions are unavailable: %s", exc)
+def unavailable(exc: Unavailable, request: Any) -> Any:
+    # The library's own 503 view answers every Unavailable; this one, registered by the
+    # app's main (the includer of pyramid_transient), overrides it with the demo's page.
+    log.error("Redis is unavailable (database %r): %s", exc.database, exc)
+    what = "Sessions" if isinstance(exc, SessionUnavailable) else "The data this page needs"
     return error_page(
         request,
         503,
         "Service unavailable",
-        "Sessions cannot be read or saved right now. Please try again in a moment.",
+        f"{what} cannot be read or saved right now. Please try again in a moment.",
         {"Retry-After": str(RETRY_AFTER)},
     )
 
@@ -133,5 +136,4 @@ def includeme(config: Any) -> None:
     config.add_tween("pyramid_transient.demo.errors.body_limit")
     config.add_exception_view(http_error, context=HTTPError)
     config.add_exception_view(session_too_large, context=SessionTooLarge)
-    config.add_exception_view(session_unavailable, context=SessionUnavailable)
     config.add_exception_view(server_error, context=Exception)
