@@ -249,7 +249,9 @@ def test_a_retried_conflict_counts_and_flashes_once(browser: Any) -> None:
 
 
 BAD_INPUT = [
-    pytest.param("/models", ADD_TASK, {"title": "t"}, {"priority": "ten"}, id="models-priority-ten"),
+    pytest.param(
+        "/models", ADD_TASK, {"title": "t"}, {"priority": "ten"}, id="models-priority-ten"
+    ),
     pytest.param(
         "/models", ADD_TASK, {"title": "t"}, {"priority": HUGE_NUMBER}, id="models-priority-huge"
     ),
