@@ -202,6 +202,8 @@ class Browser:
         self.demo = demo
         self.forbidden = forbidden
         self.visited: list[Page] = []
+        #: The HTML pages reachable from the home page, once a walk has found them.
+        self.pages: list[str] = []
 
     # navigation
 
@@ -296,25 +298,14 @@ class Browser:
     def text(self) -> str:
         return str(self.driver.find_element("tag name", "body").text)
 
-    def forms(self) -> list[Any]:
-        return list(self.driver.find_elements("tag name", "form"))
+    def submissions(self, method: str = "") -> list[tuple[Any, Any, str]]:
+        """(form, submit button, label) for each submit button of each form on the page
+        (only the forms of ``method``, if given), in the order of the page."""
+        return [tuple(row) for row in self.driver.execute_script(_SUBMISSIONS_JS, method)]
 
-    def describe(self, form: Any, button: Any | None = None) -> str:
-        method = (form.get_attribute("method") or "get").upper()
-        action = urlsplit(form.get_attribute("action") or self.driver.current_url).path
-        label = f" [{button.text.strip() or button.get_attribute('value')}]" if button else ""
-        ident = form.get_attribute("id")
-        return f"{method} {action}{'#' + ident if ident else ''}{label}"
-
-    @staticmethod
-    def submit_buttons(form: Any) -> list[Any]:
-        return [
-            el
-            for el in form.find_elements(
-                "css selector", "button, input[type=submit], input[type=image]"
-            )
-            if (el.get_attribute("type") or "submit") in ("submit", "image")
-        ]
+    def empty_fields(self, form: Any) -> list[tuple[Any, str, bool]]:
+        """(field, name, required) for each visible text field of ``form`` left empty."""
+        return [tuple(row) for row in self.driver.execute_script(_EMPTY_FIELDS_JS, form)]
 
     def force(self, form: Any, name: str, value: str) -> None:
         """Put ``value`` in the field ``name`` as a hostile client would: past the
@@ -339,6 +330,34 @@ class Browser:
             field,
             value,
         )
+
+
+# Attributes are read with getAttribute: a form's .action and .id are shadowed by fields
+# named "action" or "id".
+_SUBMISSIONS_JS = """
+const only = arguments[0], rows = [];
+for (const form of document.forms) {
+    const method = (form.getAttribute('method') || 'get').toLowerCase();
+    if (only && method !== only) continue;
+    const action = new URL(form.getAttribute('action') || '', location.href).pathname;
+    const id = form.getAttribute('id');
+    for (const b of form.querySelectorAll('button, input[type=submit], input[type=image]')) {
+        if (b.type !== 'submit' && b.type !== 'image') continue;
+        const text = (b.textContent.trim() || b.value || '').slice(0, 40);
+        rows.push([form, b, `${method.toUpperCase()} ${action}${id ? '#' + id : ''} [${text}]`]);
+    }
+}
+return rows;
+"""
+
+_EMPTY_FIELDS_JS = """
+const skip = ['hidden', 'checkbox', 'radio', 'submit', 'button', 'image', 'reset'], rows = [];
+for (const f of arguments[0].querySelectorAll('input, textarea')) {
+    if (skip.includes(f.type) || f.value || !f.getClientRects().length) continue;
+    rows.push([f, f.getAttribute('name'), f.required]);
+}
+return rows;
+"""
 
 
 def _chrome(profile: str) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,7 +55,10 @@ def capability_pages(browser: Any) -> list[str]:
 
 
 def html_pages(browser: Any) -> list[str]:
-    return [url for url, page in crawl(browser).items() if page.mime == "text/html"]
+    """The HTML pages of :func:`crawl`, walked once per run (the first walk checks them)."""
+    if not browser.pages:
+        browser.pages = [url for url, page in crawl(browser).items() if page.mime == "text/html"]
+    return list(browser.pages)
 
 
 def fill(browser: Any, form: Any, typed: dict[str, Any]) -> None:
@@ -75,26 +79,37 @@ def fill(browser: Any, form: Any, typed: dict[str, Any]) -> None:
 
 def fill_empty_fields(browser: Any, form: Any, where: str) -> None:
     """Type a value into each empty field that needs one (``required``, or in TYPED)."""
-    for field in form.find_elements("css selector", "input, textarea"):
-        kind = field.get_attribute("type") or "text"
-        if kind in ("hidden", "checkbox", "radio", "submit", "button", "image"):
-            continue
-        if not field.is_displayed() or field.get_attribute("value"):
-            continue
-        name = field.get_attribute("name")
+    for field, name, required in browser.empty_fields(form):
         if name in TYPED:
             field.send_keys(TYPED[name])
-        elif field.get_attribute("required") is not None:
+        elif required:
             pytest.fail(f"{where}: the empty required field {name!r} has no value in TYPED")
 
 
-def next_unsubmitted(browser: Any, done: set[str]) -> tuple[Any, Any, str] | None:
-    for form in browser.forms():
-        for button in browser.submit_buttons(form):
-            label = browser.describe(form, button)
-            if label not in done:
-                return form, button, label
-    return None
+def walk_forms(browser: Any, method: str = "") -> Iterator[tuple[Any, Any, str]]:
+    """(form, button, where) for each submit button of each form (of ``method``) on each
+    page, the page opened afresh for each: forms that appear after another's submission
+    (a new row's buttons) are walked too."""
+    for url in html_pages(browser):
+        done: set[str] = set()
+        browser.open(url)
+        for _ in range(50):
+            rows = [row for row in browser.submissions(method) if row[2] not in done]
+            if not rows:
+                break
+            form, button, label = rows[0]
+            done.add(label)
+            yield form, button, f"{urlsplit(url).path}: {label}"
+            # A redirect back to the page was a fresh GET of it; anything else is left.
+            if browser.visited[-1].url != url or browser.visited[-1].status != 200:
+                browser.open(url)
+
+
+def first_button(browser: Any, form: Any) -> Any:
+    for row_form, button, _label in browser.submissions():
+        if row_form == form:
+            return button
+    raise AssertionError(f"the form {form} has no submit button")
 
 
 def submit_form(
@@ -110,7 +125,7 @@ def submit_form(
     fill(browser, form, typed or {})
     for name, value in (forced or {}).items():
         browser.force(form, name, value)
-    return browser.submit(browser.submit_buttons(form)[0])
+    return browser.submit(first_button(browser, form))
 
 
 def test_every_page_answers_with_the_viewport_and_no_internals(browser: Any) -> None:
@@ -126,24 +141,15 @@ def test_every_form_submits_with_the_values_it_shows(browser: Any) -> None:
     """Each form (each submit button) of each page, filled in as a visitor would."""
     problems = []
     submitted = 0
-    for url in html_pages(browser):
-        done: set[str] = set()
-        for _ in range(50):
-            browser.open(url)
-            found = next_unsubmitted(browser, done)
-            if found is None:
-                break
-            form, button, label = found
-            done.add(label)
-            where = f"{urlsplit(url).path}: {label}"
-            try:
-                fill_empty_fields(browser, form, where)
-                page = browser.submit(button)
-                submitted += 1
-                if not 200 <= page.status < 300:
-                    problems.append(f"{where} ended on {page!r}")
-            except AssertionError as exc:
-                problems.append(f"{where}: {exc}")
+    for form, button, where in walk_forms(browser):
+        try:
+            fill_empty_fields(browser, form, where)
+            page = browser.submit(button)
+            submitted += 1
+            if not 200 <= page.status < 300:
+                problems.append(f"{where} ended on {page!r}")
+        except AssertionError as exc:
+            problems.append(f"{where}: {exc}")
     assert submitted >= 10, f"only {submitted} form submissions: did the walk find the forms?"
     assert not problems, "forms that failed with the values they show:\n" + "\n".join(problems)
 
@@ -160,45 +166,27 @@ def test_a_post_without_its_csrf_token_is_refused_with_a_readable_page(browser: 
     _create_rows(browser)
     problems = []
     refused = 0
-    for url in html_pages(browser):
-        done: set[str] = set()
-        for _ in range(50):
-            browser.open(url)
-            post_forms = [f for f in browser.forms() if f.get_attribute("method") == "post"]
-            found = None
-            for form in post_forms:
-                for button in browser.submit_buttons(form):
-                    label = browser.describe(form, button)
-                    if label not in done:
-                        found = form, button, label
-                        break
-                if found:
-                    break
-            if found is None:
-                break
-            form, button, label = found
-            done.add(label)
-            where = f"{urlsplit(url).path}: {label}"
-            try:
-                removed = browser.driver.execute_script(
-                    "const inputs = arguments[0].querySelectorAll('input[name=csrf_token]');"
-                    "inputs.forEach(i => i.remove()); return inputs.length;",
-                    form,
+    for form, button, where in walk_forms(browser, "post"):
+        try:
+            removed = browser.driver.execute_script(
+                "const inputs = arguments[0].querySelectorAll('input[name=csrf_token]');"
+                "inputs.forEach(i => i.remove()); return inputs.length;",
+                form,
+            )
+            fill_empty_fields(browser, form, where)
+            page = browser.submit(button)
+            if page.status < 400:
+                problems.append(
+                    f"{where} was accepted without a CSRF token ({page!r}; the form had "
+                    f"{removed} csrf_token input)"
                 )
-                fill_empty_fields(browser, form, where)
-                page = browser.submit(button)
-                if page.status < 400:
-                    problems.append(
-                        f"{where} was accepted without a CSRF token ({page!r}; the form "
-                        f"had {removed} csrf_token input)"
-                    )
-                    continue
-                refused += 1
-                message = browser.check_readable_error(page, where)
-                if "csrf" not in message.lower() and "token" not in message.lower():
-                    problems.append(f"{where}: the refusal does not say why: {message!r}")
-            except AssertionError as exc:
-                problems.append(f"{where}: {exc}")
+                continue
+            refused += 1
+            message = browser.check_readable_error(page, where)
+            if "csrf" not in message.lower() and "token" not in message.lower():
+                problems.append(f"{where}: the refusal does not say why: {message!r}")
+        except AssertionError as exc:
+            problems.append(f"{where}: {exc}")
     assert refused + len(problems) >= 10, "did the walk find the POST forms?"
     assert not problems, "POST forms without their CSRF token:\n" + "\n".join(problems)
 
@@ -215,7 +203,7 @@ def test_a_post_refused_for_its_csrf_token_changes_nothing(browser: Any) -> None
     browser.driver.execute_script(
         "arguments[0].querySelector('input[name=csrf_token]').remove()", form
     )
-    page = browser.submit(browser.submit_buttons(form)[0])
+    page = browser.submit(first_button(browser, form))
     browser.check_readable_error(page, "increment without its token")
     assert counter(browser) == before
     # and with its token, the same form counts (so the check above can fail)
