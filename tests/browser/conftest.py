@@ -18,7 +18,6 @@ fresh profile and every background fetch switched off.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -73,7 +72,9 @@ def _executable(variable: str, default: str, name: str) -> str | None:
 
 
 def why_not_runnable() -> str | None:
-    if importlib.util.find_spec("selenium") is None:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
         return "selenium is not installed (pip install -e '.[testing,browser]', or tox -e browser)"
     if chromium_path() is None:
         return "no Chromium (looked for $CHROMIUM, /usr/bin/chromium, chromium on PATH)"
