@@ -279,13 +279,17 @@ class Browser:
         """A 4xx HTML page of the demo's layout with a message: returns the message."""
         assert 400 <= page.status < 500, f"{what}: answered {page!r}, not a 4xx page"
         assert page.mime == "text/html", f"{what}: answered {page!r}, not an HTML page"
-        messages = [
-            el.text.strip()
-            for el in self.driver.find_elements("css selector", ".msg-error, [role=alert]")
-            if el.is_displayed() and el.text.strip()
-        ]
+        messages = self.error_messages()
         assert messages, f"{what}: {page!r} shows no error message (.msg-error or role=alert)"
         return messages[0]
+
+    def error_messages(self, outside: str = "") -> list[str]:
+        """The texts of the error messages shown (not inside ``outside``, a selector)."""
+        scope = f":not({outside} *)" if outside else ""
+        found = self.driver.find_elements(
+            "css selector", f".msg-error{scope}, [role=alert]{scope}"
+        )
+        return [el.text.strip() for el in found if el.is_displayed() and el.text.strip()]
 
     # pages and forms
 

@@ -148,6 +148,8 @@ def test_every_form_submits_with_the_values_it_shows(browser: Any) -> None:
             submitted += 1
             if not 200 <= page.status < 300:
                 problems.append(f"{where} ended on {page!r}")
+            elif errors := browser.error_messages(outside="#messages"):
+                problems.append(f"{where} ended on {page!r} showing {errors}")
         except AssertionError as exc:
             problems.append(f"{where}: {exc}")
     assert submitted >= 10, f"only {submitted} form submissions: did the walk find the forms?"
