@@ -130,6 +130,7 @@ def submit_form(
 
 def test_every_page_answers_with_the_viewport_and_no_internals(browser: Any) -> None:
     pages = crawl(browser)
+    assert len(pages) < MAX_PAGES, f"the walk stopped at {MAX_PAGES} pages: raise MAX_PAGES"
     for link in capability_pages(browser):
         assert link in pages, f"the home page's link {link} was not walked"
     bad = [page for page in pages.values() if page.status != 200]
