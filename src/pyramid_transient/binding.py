@@ -55,7 +55,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 _UNAVAILABLE_REPLIES = ("BUSY", "LOADING", "READONLY", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN")
 
 
-def translate(exc: BaseException, database: str, key: str | None = None) -> BaseException | None:
+def translate(
+    exc: BaseException, database: str, key: str | None = None, repair: str | None = None
+) -> BaseException | None:
     """The library's exception for redis-py's ``exc``, or None to let ``exc`` through.
 
     ``database`` is the database name the call used; ``key`` the key it was about, when
@@ -70,6 +72,7 @@ def translate(exc: BaseException, database: str, key: str | None = None) -> Base
                 else f"a key of database {database!r} holds a value of the wrong type",
                 key=key,
                 database=database,
+                repair=repair,
             )
         if not text.startswith(_UNAVAILABLE_REPLIES) and not isinstance(exc, _UNAVAILABLE):
             return None
@@ -86,17 +89,19 @@ def translate(exc: BaseException, database: str, key: str | None = None) -> Base
 class Translating:
     """``with binding.errors(key):``: redis-py's errors leave as the library's."""
 
-    __slots__ = ("database", "key", "script_errors")
+    __slots__ = ("database", "key", "repair", "script_errors")
 
     def __init__(
         self,
         database: str,
         key: str | None,
         script_errors: Mapping[str, Callable[[], BaseException]] | None = None,
+        repair: str | None = None,
     ) -> None:
         self.database = database
         self.key = key
         self.script_errors = script_errors
+        self.repair = repair
 
     def __enter__(self) -> None:
         return None
@@ -114,7 +119,7 @@ class Translating:
             for code, make in self.script_errors.items():
                 if code in text:
                     raise make() from None
-        translated = translate(exc, self.database, self.key)
+        translated = translate(exc, self.database, self.key, self.repair)
         if translated is not None:
             raise translated from exc
 
@@ -124,10 +129,13 @@ def guard(
     key: str | None = None,
     *,
     script_errors: Mapping[str, Callable[[], BaseException]] | None = None,
+    repair: str | None = None,
 ) -> Translating:
     """``with guard("safe", key):`` translates redis-py's errors as :meth:`Binding.errors`
-    does, for code that holds a client rather than a :class:`Binding`."""
-    return Translating(database, key, script_errors)
+    does, for code that holds a client rather than a :class:`Binding`. ``repair`` says
+    what repairs ``key`` when it holds the wrong type (it goes into
+    :class:`~pyramid_transient.exceptions.CorruptData`)."""
+    return Translating(database, key, script_errors, repair)
 
 
 _DEFAULT_TIMEOUT: Any = object()

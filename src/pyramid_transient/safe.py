@@ -53,7 +53,13 @@ from redis.cluster import RedisCluster
 from . import codec
 from .binding import Binding, bind, guard, send_on_one_connection
 from .connection import RedisManager, get_manager, include_manager
-from .exceptions import CodecError, ConfigurationError, ConflictError, ReplicationTimeout
+from .exceptions import (
+    CodecError,
+    ConfigurationError,
+    ConflictError,
+    CorruptData,
+    ReplicationTimeout,
+)
 from .lua import ScriptSet
 from .settings import SafeSettings, TransientSettings
 
@@ -263,7 +269,21 @@ class _Target:
 
     def errors(self) -> Any:
         """Redis errors of any call on this safe leave as the library's (the spine)."""
-        return guard(DATABASE, self.key)
+        return guard(
+            DATABASE,
+            self.key,
+            repair=f"DEL {self.key} (another program wrote it; it is not a safe's hash)",
+        )
+
+    def read(self, fn: Callable[[Any], Any], empty: Any) -> Any:
+        """``fn(client)`` for a read; a key of the wrong type reads as an empty safe, with
+        a warning naming the key and its repair (the next write raises CorruptData)."""
+        try:
+            with self.errors():
+                return fn(self.client())
+        except CorruptData as exc:
+            log.warning("reading safe key %r as empty: %s", self.key, exc)
+            return empty
 
     def prepare(self, name: str) -> None:
         """At first use, in one round trip: load the scripts, check the server's persistence.
@@ -535,8 +555,7 @@ class Safe(MutableMapping[str, Any]):
         """The value of ``key``, or ``default``: one HGET."""
         field = _field(key)
         t = self._target()
-        with t.errors():
-            raw = t.client().hget(t.key, field)
+        raw = t.read(lambda c: c.hget(t.key, field), None)
         if raw is None:
             return default
         value = self._decode(key, raw)
@@ -545,13 +564,11 @@ class Safe(MutableMapping[str, Any]):
     def __contains__(self, key: object) -> bool:
         field = _field(key)
         t = self._target()
-        with t.errors():
-            return bool(t.client().hexists(t.key, field))
+        return bool(t.read(lambda c: c.hexists(t.key, field), False))
 
     def __len__(self) -> int:
         t = self._target()
-        with t.errors():
-            return int(t.client().hlen(t.key))
+        return int(t.read(lambda c: c.hlen(t.key), 0))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
@@ -559,8 +576,7 @@ class Safe(MutableMapping[str, Any]):
     def keys(self) -> KeysView[str]:
         """The keys, read in one HKEYS (a snapshot: later writes do not change it)."""
         t = self._target()
-        with t.errors():
-            names = (_text(f) for f in t.client().hkeys(t.key))
+        names = (_text(f) for f in t.read(lambda c: c.hkeys(t.key), []))
         return dict.fromkeys(n for n in names if n is not None).keys()
 
     def items(self) -> ItemsView[str, Any]:
@@ -579,8 +595,7 @@ class Safe(MutableMapping[str, Any]):
         """
         t = self._target()
         result: dict[str, Any] = {}
-        with t.errors():
-            everything = t.client().hgetall(t.key)
+        everything = t.read(lambda c: c.hgetall(t.key), {})
         for field, raw in _pairs(everything):
             key = _text(field)
             if key is None:
@@ -598,14 +613,22 @@ class Safe(MutableMapping[str, Any]):
         seen in either state, and an item present for the whole scan is seen at least once.
         """
         t = self._target()
-        with t.errors():
-            for field, raw in t.client().hscan_iter(t.key, count=count):
-                key = _text(field)
-                if key is None:
-                    continue
-                value = self._decode(key, raw)
-                if value is not _MISSING:
-                    yield key, value
+        items = t.read(lambda c: c.hscan_iter(t.key, count=count), iter(()))
+        while True:
+            try:
+                with t.errors():
+                    field, raw = next(items)
+            except StopIteration:
+                return
+            except CorruptData as exc:  # the first HSCAN runs at the first next()
+                log.warning("reading safe key %r as empty: %s", t.key, exc)
+                return
+            key = _text(field)
+            if key is None:
+                continue
+            value = self._decode(key, raw)
+            if value is not _MISSING:
+                yield key, value
 
     # ------------------------------------------------------------------ writes
 
@@ -740,8 +763,7 @@ class Transaction(MutableMapping[str, Any]):
 
     def _load(self) -> dict[bytes, bytes]:
         if self._snapshot is None:
-            with self._t.errors():
-                raw = self._t.client().hgetall(self._t.key)
+            raw = self._t.read(lambda c: c.hgetall(self._t.key), {})
             self._snapshot = {
                 f if isinstance(f, bytes) else f.encode("utf-8"): v
                 if isinstance(v, bytes)
