@@ -148,11 +148,11 @@ def test_check_failing_at_commit_is_rendered_by_the_apps_exception_view(
 
     def error_page(exc: Any, request: Any) -> dict[str, Any]:
         request.response.status_int = 500
-        return {"error": type(exc).__name__}
+        return {"error": type(exc).__name__, "is_type_error": isinstance(exc, TypeError)}
 
     app = build(settings, {"/": view}, "pyramid_tm", excview=error_page)
     response = app.get("/", status=500)
-    assert response.json == {"error": "TypeError"}
+    assert response.json == {"error": "UnsupportedValue", "is_type_error": True}
     assert keys(transient_manager) == []
 
 

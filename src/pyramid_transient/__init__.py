@@ -16,6 +16,7 @@ from .exceptions import (
     ConfigurationError,
     ConflictError,
     CorruptData,
+    InvalidArgument,
     LockError,
     LockNotOwned,
     LockTimeout,
@@ -26,6 +27,9 @@ from .exceptions import (
     TransientError,
     Unavailable,
     UnknownDatabase,
+    UnknownRegion,
+    UnsupportedValue,
+    UsageError,
 )
 from .settings import TransientSettings, parse_settings
 
@@ -35,6 +39,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "CorruptData",
+    "InvalidArgument",
     "LockError",
     "LockNotOwned",
     "LockTimeout",
@@ -49,6 +54,9 @@ __all__ = [
     "TransientSettings",
     "Unavailable",
     "UnknownDatabase",
+    "UnknownRegion",
+    "UnsupportedValue",
+    "UsageError",
     "decode",
     "encode",
     "flash",

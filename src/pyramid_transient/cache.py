@@ -44,7 +44,15 @@ from .connection import (
     get_manager,
     include_manager,
 )
-from .exceptions import CodecError, ConfigurationError, CorruptData, TransientError, Unavailable
+from .exceptions import (
+    CodecError,
+    ConfigurationError,
+    CorruptData,
+    InvalidArgument,
+    TransientError,
+    Unavailable,
+    UnknownRegion,
+)
 from .invalidation import (
     Identity,
     TokenStore,
@@ -84,7 +92,9 @@ def _canonical(value: Any, depth: int = 0) -> str:
     # An injective text for a plain value: types are marked, strings JSON-quoted, dict and
     # set items sorted, so equal values give equal text whatever their order.
     if depth > codec.MAX_DEPTH:
-        raise TypeError(f"cache key fragments cannot nest deeper than {codec.MAX_DEPTH} levels")
+        raise InvalidArgument(
+            f"cache key fragments cannot nest deeper than {codec.MAX_DEPTH} levels"
+        )
     if value is None:
         return "n"
     if value is True:
@@ -117,7 +127,7 @@ def _canonical(value: Any, depth: int = 0) -> str:
         return _canonical(int(value), depth)
     if isinstance(value, float):
         return _canonical(float(value), depth)
-    raise TypeError(
+    raise InvalidArgument(
         f"cannot use a {cls.__module__}.{cls.__qualname__} as a cache key fragment: give "
         "model instances or classes, identities, or plain values (str, int, float, bool, "
         "None, lists, tuples, dicts, sets, bytes, Decimal, dates, UUID)"
@@ -312,7 +322,7 @@ class TransientRedisBackend(RedisBackend):
         timeout: Any = arguments.get("lock_timeout")
         if type(timeout) not in (int, float) or not math.isfinite(timeout) or timeout <= 0:
             # A fill lock must expire, or a creator that died would block its key for good.
-            raise ValueError(
+            raise InvalidArgument(
                 f"TransientRedisBackend's lock_timeout must be a positive number of seconds "
                 f"(a fill lock always expires), not {timeout!r}"
             )
@@ -584,9 +594,10 @@ def get_region(request_or_registry: Any, name: str = "default") -> TransientRegi
         return holder.regions[name]
     except KeyError:
         names = ", ".join(repr(n) for n in holder.regions)
-        raise LookupError(
+        raise UnknownRegion(
             f"no cache region is named {name!r}; configured regions are {names} "
-            f"(add it to transient.cache.regions)"
+            f"(add it to transient.cache.regions)",
+            name=name,
         ) from None
 
 

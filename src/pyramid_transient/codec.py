@@ -48,7 +48,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .exceptions import CodecError
+from .exceptions import CodecError, UnsupportedValue
 
 TAG = "__t__"
 VALUE = "v"
@@ -65,7 +65,7 @@ def _tagged(tag: str, value: Any) -> dict[str, Any]:
 
 def _to_json(value: Any, depth: int = 0) -> Any:
     if depth > MAX_DEPTH:
-        raise TypeError(f"cannot store values nested deeper than {MAX_DEPTH} levels")
+        raise UnsupportedValue(f"cannot store values nested deeper than {MAX_DEPTH} levels")
     # bool before int: bool is an int subclass; exact types first for speed.
     if value is None or value is True or value is False:
         return value
@@ -117,7 +117,7 @@ def _to_json(value: Any, depth: int = 0) -> Any:
         return [_to_json(v, depth + 1) for v in value]
     if isinstance(value, dict):
         return _dict_to_json(value, depth)
-    raise TypeError(
+    raise UnsupportedValue(
         f"cannot store a value of type {cls.__module__}.{cls.__qualname__}: "
         "pyramid_transient stores None, bool, int, float, str, bytes, Decimal, datetime, date, "
         "time, timedelta, UUID and list/tuple/dict/set/frozenset of those"
@@ -131,7 +131,7 @@ def _huge_int(value: int) -> int:
     try:
         str(value)
     except ValueError as exc:
-        raise TypeError(f"cannot store this int: {exc}") from None
+        raise UnsupportedValue(f"cannot store this int: {exc}") from None
     return value
 
 

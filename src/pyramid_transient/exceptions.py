@@ -38,6 +38,29 @@ class UnknownDatabase(TransientError, LookupError):
         self.name = name
 
 
+class InvalidArgument(TransientError, ValueError, TypeError):
+    """An argument of the wrong type or value (also a ``ValueError`` and a ``TypeError``,
+    so code that catches either keeps working)."""
+
+
+class UnsupportedValue(TransientError, TypeError):
+    """A value the codec cannot store (its type, its depth or its size), refused before
+    anything is written."""
+
+
+class UsageError(TransientError, RuntimeError):
+    """An object used outside the state where it works (an atomic block that has ended)."""
+
+
+class UnknownRegion(TransientError, LookupError):
+    """A cache region was asked for that ``transient.cache.regions`` does not name."""
+
+    def __init__(self, message: str, *, name: str) -> None:
+        super().__init__(message)
+        #: The region name that was asked for.
+        self.name = name
+
+
 class CodecError(TransientError, ValueError):
     """A stored payload could not be decoded (corrupt, truncated or foreign)."""
 

@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import codec
-from .exceptions import TransientError, UnknownMessageKind
+from .exceptions import InvalidArgument, TransientError, UnknownMessageKind, UnsupportedValue
 from .settings import DEFAULT_MESSAGE_KINDS
 from .transactions import after_commit
 
@@ -178,16 +178,18 @@ def flash(
     not a string, or an ``extra`` the codec cannot store.
     """
     if not isinstance(text, str):
-        raise TypeError(f"flash message text must be a str, not {type(text).__name__}")
+        raise InvalidArgument(f"flash message text must be a str, not {type(text).__name__}")
     if msg_id is not None and not isinstance(msg_id, str):
         # Stored otherwise, it would come back as None and defeat de-duplication.
-        raise TypeError(f"flash message msg_id must be a str or None, not {type(msg_id).__name__}")
+        raise InvalidArgument(
+            f"flash message msg_id must be a str or None, not {type(msg_id).__name__}"
+        )
     _check_kind(request, kind)
     if extra is not None:
         try:
             codec.check(dict(extra))
         except TypeError as exc:
-            raise TypeError(f"flash message extra cannot be stored: {exc}") from None
+            raise UnsupportedValue(f"flash message extra cannot be stored: {exc}") from None
     message = Message(
         text, kind, msg_id, html, MappingProxyType(dict(extra)) if extra else MappingProxyType({})
     )

@@ -58,7 +58,9 @@ from .exceptions import (
     ConfigurationError,
     ConflictError,
     CorruptData,
+    InvalidArgument,
     ReplicationTimeout,
+    UsageError,
 )
 from .lua import ScriptSet
 from .settings import SafeSettings, TransientSettings
@@ -197,7 +199,7 @@ _CLIENT_TYPES = (redis.Redis, RedisCluster)
 
 def _field(key: Any) -> bytes:
     if not isinstance(key, str):
-        raise TypeError(f"safe keys must be strings, not {type(key).__name__} {key!r}")
+        raise InvalidArgument(f"safe keys must be strings, not {type(key).__name__} {key!r}")
     return key.encode("utf-8")
 
 
@@ -359,13 +361,13 @@ class Safe(MutableMapping[str, Any]):
         wait_timeout: float | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
-            raise TypeError(f"a safe's name must be a non-empty string, not {name!r}")
+            raise InvalidArgument(f"a safe's name must be a non-empty string, not {name!r}")
         if wait_replicas is not None and (
             isinstance(wait_replicas, bool)
             or not isinstance(wait_replicas, int)
             or wait_replicas < 0
         ):
-            raise ValueError(
+            raise InvalidArgument(
                 f"wait_replicas must be an integer of at least 0, not {wait_replicas!r}"
             )
         if wait_timeout is not None and (
@@ -373,7 +375,7 @@ class Safe(MutableMapping[str, Any]):
             or not isinstance(wait_timeout, int | float)
             or not 0 < wait_timeout < math.inf
         ):
-            raise ValueError(
+            raise InvalidArgument(
                 f"wait_timeout must be a finite number of seconds above 0, not {wait_timeout!r}"
             )
         #: The safe's name, usually its module's ``__name__``.
@@ -397,7 +399,7 @@ class Safe(MutableMapping[str, Any]):
             else:
                 self._fixed = self._client_target(where)
         else:
-            raise TypeError(
+            raise InvalidArgument(
                 f"safe {name!r}: redis must be a redis.Redis or RedisCluster client, a "
                 "RedisManager, a Pyramid registry or request, or None (the running app), "
                 f"not {type(redis).__name__} {redis!r}"
@@ -732,7 +734,7 @@ class Safe(MutableMapping[str, Any]):
         then raises :class:`~pyramid_transient.exceptions.ConflictError`.
         """
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an integer of at least 0, not {retries!r}")
+            raise InvalidArgument(f"retries must be an integer of at least 0, not {retries!r}")
         return Atomic(self, retries)
 
 
@@ -796,7 +798,7 @@ class Transaction(MutableMapping[str, Any]):
 
     def _check_open(self) -> None:
         if self._done:
-            raise RuntimeError(f"the atomic block of {self._safe!r} has ended; use the safe")
+            raise UsageError(f"the atomic block of {self._safe!r} has ended; use the safe")
 
     def __getitem__(self, key: str) -> Any:
         self._check_open()
@@ -905,7 +907,7 @@ class Atomic:
             if attempt.committed:
                 return
             if attempt.conflict is None:
-                raise RuntimeError(
+                raise UsageError(
                     "for attempt in safe.atomic(): the loop body must use "
                     "`with attempt as s:` and let it end"
                 )

@@ -69,7 +69,14 @@ from zope.interface import implementer
 
 from . import codec
 from .connection import Binding, RedisManager, TransientRedis, bind, get_manager
-from .exceptions import ConfigurationError, SessionTooLarge, SessionUnavailable, TransientError
+from .exceptions import (
+    ConfigurationError,
+    InvalidArgument,
+    SessionTooLarge,
+    SessionUnavailable,
+    TransientError,
+    UnsupportedValue,
+)
 from .keys import KeySpace, quote
 
 log = logging.getLogger(__name__)
@@ -544,7 +551,9 @@ class TransientSession(RedisSession):
             try:
                 codec.check(value)
             except TypeError as exc:
-                raise TypeError(f"session value for key {key!r} cannot be stored: {exc}") from None
+                raise UnsupportedValue(
+                    f"session value for key {key!r} cannot be stored: {exc}"
+                ) from None
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._check_value(key, value)
@@ -576,7 +585,7 @@ class TransientSession(RedisSession):
         except TypeError as exc:
             for key, value in self.managed_dict.items():
                 self._check_value(key, value)
-            raise TypeError(f"the session cannot be stored: {exc}") from None
+            raise UnsupportedValue(f"the session cannot be stored: {exc}") from None
 
     def _checked_size(self, data: bytes) -> bytes:
         limit = self._factory.max_bytes
@@ -1195,7 +1204,7 @@ def rotate_session(request: Any) -> None:
     """
     session = request.session
     if not isinstance(session, TransientSession):
-        raise TypeError(
+        raise InvalidArgument(
             f"rotate_session needs a pyramid_transient session, not {type(session).__name__}"
         )
     session.rotate()
