@@ -43,3 +43,21 @@ def database_url(request: Any, tmp_path_factory: Any) -> Iterator[str]:
             pytest.fail("CI=true but PostgreSQL is not reachable (set TEST_DATABASE_URL)")
         pytest.skip("PostgreSQL is not reachable; set TEST_DATABASE_URL")
     yield _PG
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Any]:
+    """``fault_proxy(port)``: a :class:`faultproxy.FaultProxy` in front of a server of the
+    test's, stopped at the end of the test."""
+    from faultproxy import FaultProxy
+
+    started: list[FaultProxy] = []
+
+    def start(port: int) -> FaultProxy:
+        proxy = FaultProxy(port)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
