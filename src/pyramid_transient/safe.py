@@ -873,14 +873,12 @@ class Transaction(MutableMapping[str, Any]):
             )
 
 
-class Atomic:
-    """What :meth:`Safe.atomic` returns: a context manager (one attempt) and an iterable of
-    :class:`Attempt` (retried after conflicts)."""
+class _Block:
+    """``with block as s:``: a :class:`Transaction` on entry, committed by
+    :meth:`_commit` when the block ends without an exception."""
 
-    def __init__(self, safe: Safe, retries: int) -> None:
+    def __init__(self, safe: Safe) -> None:
         self.safe = safe
-        #: How many times the block runs again after a conflict.
-        self.retries = retries
         self._tx: Transaction | None = None
 
     def __enter__(self) -> Transaction:
@@ -895,7 +893,20 @@ class Atomic:
     ) -> None:
         tx, self._tx = self._tx, None
         if exc_type is None and tx is not None:
-            tx.commit()
+            self._commit(tx)
+
+    def _commit(self, tx: Transaction) -> None:
+        tx.commit()
+
+
+class Atomic(_Block):
+    """What :meth:`Safe.atomic` returns: a context manager (one attempt) and an iterable of
+    :class:`Attempt` (retried after conflicts)."""
+
+    def __init__(self, safe: Safe, retries: int) -> None:
+        super().__init__(safe)
+        #: How many times the block runs again after a conflict.
+        self.retries = retries
 
     def __iter__(self) -> Iterator[Attempt]:
         for number in range(self.retries + 1):
@@ -918,32 +929,20 @@ class Atomic:
         )
 
 
-class Attempt:
+class Attempt(_Block):
     """One run of a retried atomic block: ``with attempt as s:``."""
 
     def __init__(self, safe: Safe, number: int) -> None:
-        self.safe = safe
+        super().__init__(safe)
         #: 1 for the first run, 2 for the first retry, ...
         self.number = number
         #: Whether the block's writes were applied.
         self.committed = False
         #: The :class:`~pyramid_transient.exceptions.ConflictError` of a failed commit.
         self.conflict: ConflictError | None = None
-        self._tx: Transaction | None = None
 
-    def __enter__(self) -> Transaction:
-        self._tx = Transaction(self.safe, self.safe._target())
-        return self._tx
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        tx, self._tx = self._tx, None
-        if exc_type is not None or tx is None:
-            return
+    def _commit(self, tx: Transaction) -> None:
+        # A conflict ends this attempt quietly; Atomic's loop runs the block again.
         try:
             tx.commit()
         except ConflictError as conflict:
