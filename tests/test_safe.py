@@ -898,3 +898,16 @@ def test_an_atomic_block_reads_a_corrupt_value_as_missing_when_iterating(
     assert safe.snapshot() == {"good": 1}
     with safe.atomic() as s:
         assert dict(s.items()) == {"good": 1}
+
+
+def test_db_name_puts_the_safe_in_another_named_database(transient_settings: Any) -> None:
+    manager = RedisManager.from_settings({**transient_settings, "transient.db.jobs": "15"})
+    try:
+        jobs = get_safe("tests.module_db", manager, db_name="jobs")
+        jobs["k"] = 1
+        assert manager.get("jobs").hexists(jobs.key, "k")
+        assert manager.db_number("safe") != 15 and not manager.get("safe").exists(jobs.key)
+        assert get_safe("tests.module_db", manager).get("k") is None  # the safe db: another
+    finally:
+        manager.get("jobs").delete(jobs.key)
+        manager.close()

@@ -255,6 +255,7 @@ class _Target:
         wait_timeout: float,
         socket_timeout: float | None,
         check_durability: bool,
+        db_name: str = DATABASE,
     ) -> None:
         self.key = key
         self.client = get_client
@@ -268,11 +269,12 @@ class _Target:
         )
         self.check = check_durability
         self.prepared = False
+        self.db_name = db_name
 
     def errors(self) -> Any:
         """Redis errors of any call on this safe leave as the library's (the spine)."""
         return guard(
-            DATABASE,
+            self.db_name,
             self.key,
             repair=f"DEL {self.key} (another program wrote it; it is not a safe's hash)",
         )
@@ -344,6 +346,9 @@ class Safe(MutableMapping[str, Any]):
     * a bare :class:`redis.Redis` (or ``RedisCluster``): keys without a prefix
       (``safe:{<name>}``), and ``wait_replicas`` / ``wait_timeout`` from the arguments.
 
+    ``db_name`` names the manager's database that holds it (``transient.db.<db_name>``;
+    default ``safe``, which falls back to ``default`` when unmapped).
+
     ``wait_replicas`` and ``wait_timeout`` override ``transient.safe.wait_replicas`` and
     ``transient.safe.wait_timeout``.
 
@@ -359,6 +364,7 @@ class Safe(MutableMapping[str, Any]):
         *,
         wait_replicas: int | None = None,
         wait_timeout: float | None = None,
+        db_name: str | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"a safe's name must be a non-empty string, not {name!r}")
@@ -382,6 +388,8 @@ class Safe(MutableMapping[str, Any]):
         self.name = name
         self._wait_replicas = wait_replicas
         self._wait_timeout = wait_timeout
+        #: The named database of a manager's that holds the safe (``safe`` by default).
+        self.db_name = db_name or DATABASE
         self._lock = threading.Lock()
         self._manager: RedisManager | None = None
         self._fixed: _Target | None = None
@@ -393,7 +401,7 @@ class Safe(MutableMapping[str, Any]):
         elif isinstance(redis, (RedisManager, *_CLIENT_TYPES)) or (
             hasattr(redis, "queryUtility") or hasattr(redis, "registry")
         ):
-            where = bind(redis, CAPABILITY, DATABASE)
+            where = bind(redis, CAPABILITY, self.db_name)
             if where.manager is not None:
                 self._manager = where.manager
             else:
@@ -448,15 +456,16 @@ class Safe(MutableMapping[str, Any]):
             alive = ref()
             if alive is None:  # pragma: no cover - the entry goes with its manager
                 raise ConfigurationError(f"safe {self.name!r}: its application has gone")
-            return alive.get(DATABASE)
+            return alive.get(self.db_name)
 
         return _Target(
-            manager.keyspace(CAPABILITY, DATABASE).tagged(self.name),
+            manager.keyspace(CAPABILITY, self.db_name).tagged(self.name),
             get_client,
             wait_replicas=wait,
             wait_timeout=timeout,
             socket_timeout=manager.settings.socket_timeout,
             check_durability=manager.mode != "memory",
+            db_name=self.db_name,
         )
 
     def _target(self) -> _Target:
@@ -465,7 +474,7 @@ class Safe(MutableMapping[str, Any]):
             manager = self._manager
             if manager is None:
                 try:
-                    manager = cast(RedisManager, bind(None, CAPABILITY, DATABASE).manager)
+                    manager = cast(RedisManager, bind(None, CAPABILITY, self.db_name).manager)
                 except ConfigurationError:
                     raise ConfigurationError(
                         f"safe {self.name!r} has no Redis client and no application is "
@@ -960,14 +969,18 @@ def get_safe(
     *,
     wait_replicas: int | None = None,
     wait_timeout: float | None = None,
+    db_name: str | None = None,
 ) -> Safe:
-    """The safe called ``name`` (usually ``__name__``): see :class:`Safe` for ``redis``.
+    """The safe called ``name`` (usually ``__name__``): see :class:`Safe` for ``redis`` and
+    ``db_name``.
 
     Creating it connects nothing, so it belongs at module level::
 
         safe = get_safe(__name__)
     """
-    return Safe(name, redis, wait_replicas=wait_replicas, wait_timeout=wait_timeout)
+    return Safe(
+        name, redis, wait_replicas=wait_replicas, wait_timeout=wait_timeout, db_name=db_name
+    )
 
 
 def includeme(config: Any) -> None:
