@@ -30,6 +30,17 @@ def _postgres_url() -> str | None:
 _PG = _postgres_url()
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say which SQL databases the SQLAlchemy tests used, as the plugin says which Redis."""
+    from sqlalchemy.engine import make_url
+
+    if _PG is None:
+        where = "SQLite only (PostgreSQL not reachable)"
+    else:
+        where = "SQLite and " + make_url(_PG).render_as_string(hide_password=True)
+    terminalreporter.write_line(f"pyramid_transient: SQLAlchemy tests ran on {where}")
+
+
 @pytest.fixture(scope="session", params=["postgresql", "sqlite"])
 def database_url(request: Any, tmp_path_factory: Any) -> Iterator[str]:
     """Each SQLAlchemy test runs on PostgreSQL (``TEST_DATABASE_URL``, else 127.0.0.1:5432
