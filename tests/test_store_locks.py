@@ -467,3 +467,22 @@ def test_blocking_timeout_zero_makes_one_attempt(client: Any) -> None:
     with lock(client, "a"):
         error = other_owner(lambda: lock(client, "a", blocking_timeout=0).acquire())
     assert isinstance(error, LockTimeout)
+
+
+def test_request_path_defaults_fail_fast_behind_an_orphaned_lock(
+    transient_manager: RedisManager,
+) -> None:
+    # A holder that never releases (its release was lost to a stall): with the default
+    # timing, the next request waits about the socket timeout, not 10 s.
+    orphan = section("s", redis=transient_manager).get("doc").lock
+    assert (orphan.timeout, orphan.blocking_timeout) == (5.0, 0.5)
+    other_owner(orphan.acquire)  # taken by a thread that is gone
+    start = time.monotonic()
+    with pytest.raises(LockTimeout):
+        section("s", redis=transient_manager).get("doc").acquire()
+    assert 0.45 < time.monotonic() - start < 2
+    key = transient_manager.keyspace("store").tagged("s", "locks")
+    record = transient_manager.get("store").hget(key, "doc.").split()
+    # the orphan frees itself within the default timeout
+    server_ms = int(transient_manager.get("store").time()[0]) * 1000
+    assert int(record[2]) - server_ms <= 5000

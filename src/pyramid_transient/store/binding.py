@@ -15,19 +15,20 @@ from redis.cluster import RedisCluster
 from ..binding import Binding, bind, translate
 from ..exceptions import CorruptData, LockNotOwned
 from ..keys import KeySpace
+from ..settings import StoreSettings
 from .paths import SEPARATOR
 from .scripts import SCRIPTS, split_reply
 
 log = logging.getLogger(__name__)
 
 #: Seconds a lock lives unless extended (redis-py's ``timeout``), when neither an argument
-#: nor ``transient.store.lock_expire_timeout`` gives a value: a release lost to a stall
-#: blocks the path for this long at most.
-DEFAULT_LOCK_TIMEOUT = 5.0
-#: Seconds ``acquire()`` waits (redis-py's ``blocking_timeout``), when neither an argument
-#: nor ``transient.store.lock_acquire_timeout`` gives a value: about the socket timeout, so
-#: a request fails fast rather than queueing behind a lock.
-DEFAULT_LOCK_BLOCKING_TIMEOUT = 0.5
+#: nor ``transient.store.lock_expire_timeout`` gives a value (the setting's default, for a
+#: bare client): a release lost to a stall blocks the path for this long at most.
+DEFAULT_LOCK_TIMEOUT: float = StoreSettings.lock_expire_timeout
+#: Seconds ``acquire()`` waits (redis-py's ``blocking_timeout``), likewise from
+#: ``transient.store.lock_acquire_timeout``: about the socket timeout, so a request fails
+#: fast rather than queueing behind a lock.
+DEFAULT_LOCK_BLOCKING_TIMEOUT: float = StoreSettings.lock_acquire_timeout
 
 #: The longest expiry or lock time accepted (about 317 years): deadlines must stay integers
 #: that Lua prints without an exponent, or PEXPIREAT refuses them after a script has
