@@ -455,3 +455,23 @@ def test_the_table_in_the_docs_is_this_table() -> None:
         assert f"``{kind}``" in text
         cell = outcome.replace("<key>", "*key*").replace("<path>", "*path*")
         assert cell in " ".join(text.split()), (kind, fault)
+
+
+@pytest.mark.cluster
+def test_cluster_writes_go_on_beside_a_broken_section_listing(
+    transient_cluster_manager: RedisManager, caplog: Any
+) -> None:
+    sect = section("s", redis=transient_cluster_manager)
+    sect.set("doc", DOC)
+    key = transient_cluster_manager.keyspace("store").key("sections")
+    client = transient_cluster_manager.get("store")
+    client.delete(key)
+    client.set(key, "planted by another program")
+    with caplog.at_level(logging.WARNING):
+        sect.set("doc.b", 3)
+    assert sect.get("doc").val() == {"a": "hello", "b": 3}
+    assert key in caplog.text
+    with pytest.raises(CorruptData) as caught:
+        root(redis=transient_cluster_manager).val()
+    assert caught.value.repair == f"DEL {key}"
+    client.delete(key)

@@ -183,10 +183,13 @@ class StoreBinding:
         """
         with self.where.errors(script_errors=SCRIPT_ERRORS):
             client = self.client
-            if is_cluster(client):
-                listed: Any = client.sadd(self.registry, section)
-                result = self.where.run(SCRIPTS, name, keys, args, client=client)
-                return split_reply(result)
+            if is_cluster(client):  # the listing is on another slot: its own call
+                try:
+                    with self.where.errors(self.registry):
+                        client.sadd(self.registry, section)
+                except CorruptData as problem:
+                    self._listing_broken(problem)
+                return split_reply(self.where.run(SCRIPTS, name, keys, args, client=client))
             script = self.script(name, client)
             for attempt in (1, 2):
                 pipe = client.pipeline(transaction=False)
@@ -203,17 +206,20 @@ class StoreBinding:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _check_listed(self, listed: Any) -> None:
-        # The section's own write succeeded; only root operations suffer from a broken
-        # listing, and they raise CorruptData naming it. Say so here too, once per write.
         if isinstance(listed, Exception):
             problem = translate(listed, self.database, self.registry)
             if problem is None:
                 raise listed
             if not isinstance(problem, CorruptData):
                 raise problem from listed
-            log.warning(
-                "%s; root operations cannot list sections (repair: DEL %s)", problem, self.registry
-            )
+            self._listing_broken(problem)
+
+    def _listing_broken(self, problem: CorruptData) -> None:
+        # The section's own write goes on; only root operations suffer from a broken
+        # listing, and they raise CorruptData naming it. Say so here too, once per write.
+        log.warning(
+            "%s; root operations cannot list sections (repair: DEL %s)", problem, self.registry
+        )
 
     def sections(self) -> list[str]:
         """The names of the sections (one round trip). A member that is not a section

@@ -77,6 +77,8 @@ class Proxy:
         )
         if isinstance(redis, Place) and db_name is None and timeout is blocking_timeout is None:
             self._place = redis  # a proxy got from another shares its binding
+        elif isinstance(redis, Place):
+            self._place = Place(redis.binding, db_name, timeout, blocking_timeout)
         else:
             self._place = Place(redis, db_name, timeout, blocking_timeout)
         self._lock_: Lock | None = None
