@@ -519,8 +519,8 @@ def test_store_settings_give_the_lock_timeouts(transient_settings: dict[str, Any
     manager = RedisManager.from_settings(settings)
     try:
         lock = section("s", redis=manager).lock
-        assert lock.expire_timeout == 7.0
-        assert lock.acquire_timeout == 10.0
+        assert lock.timeout == 7.0
+        assert lock.blocking_timeout == 0.5
     finally:
         manager.close()
 
@@ -644,3 +644,24 @@ def test_a_huge_section_expiry_is_refused_or_applied_never_half_written(client: 
         assert not section("s", redis=client).exists()
     else:
         assert section("s", redis=client).val() == {"a": 1}
+
+
+# ---------------------------------------------------------------------- layout
+
+
+def test_each_script_is_a_lua_file_with_its_keys_and_argv_on_top() -> None:
+    from importlib import resources
+
+    from pyramid_transient.store import SCRIPTS
+    from pyramid_transient.store.scripts import source
+
+    files = resources.files("pyramid_transient.store")
+    for name in SCRIPTS.sources:
+        text = (files / f"{name}.lua").read_text(encoding="utf-8")
+        head = text.split("\n\n")[0]
+        assert head.startswith("-- ") and "KEYS" in head and "ARGV" in head, name
+        full = source(name)
+        assert full.startswith((files / "prelude.lua").read_text(encoding="utf-8"))
+        assert full.endswith(text)
+    for helper in ("prelude", "data", "locks"):
+        assert (files / f"{helper}.lua").read_text(encoding="utf-8").startswith("-- ")

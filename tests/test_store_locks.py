@@ -141,13 +141,13 @@ def test_lock_not_owned_is_a_value_error(client: Any) -> None:
 
 
 def test_lock_expires_when_its_holder_dies(client: Any) -> None:
-    lock(client, "a", expire_timeout=0.05).acquire()  # never released: the holder "died"
+    lock(client, "a", timeout=0.05).acquire()  # never released: the holder "died"
     time.sleep(0.08)
     assert isinstance(try_lock(client, "a"), int)
 
 
 def test_extend_keeps_the_lock_past_its_expiry(client: Any) -> None:
-    held = lock(client, "a", expire_timeout=0.1)
+    held = lock(client, "a", timeout=0.1)
     held.acquire()
     time.sleep(0.06)
     held.extend()
@@ -157,7 +157,7 @@ def test_extend_keeps_the_lock_past_its_expiry(client: Any) -> None:
 
 
 def test_extend_by_additional_time(client: Any) -> None:
-    held = lock(client, "a", expire_timeout=0.05)
+    held = lock(client, "a", timeout=0.05)
     held.acquire()
     held.extend(10)
     time.sleep(0.08)
@@ -166,7 +166,7 @@ def test_extend_by_additional_time(client: Any) -> None:
 
 
 def test_holder_can_tell_it_lost_the_lock(client: Any) -> None:
-    held = lock(client, "a", expire_timeout=0.05)
+    held = lock(client, "a", timeout=0.05)
     held.acquire()
     assert held.owned()
     time.sleep(0.08)
@@ -174,7 +174,7 @@ def test_holder_can_tell_it_lost_the_lock(client: Any) -> None:
 
 
 def test_extending_a_lost_lock_raises_lock_not_owned(client: Any) -> None:
-    held = lock(client, "a", expire_timeout=0.05)
+    held = lock(client, "a", timeout=0.05)
     held.acquire()
     time.sleep(0.08)
     with pytest.raises(LockNotOwned):
@@ -182,7 +182,7 @@ def test_extending_a_lost_lock_raises_lock_not_owned(client: Any) -> None:
 
 
 def test_releasing_an_expired_lock_raises_lock_not_owned(client: Any) -> None:
-    held = lock(client, "a", expire_timeout=0.05)
+    held = lock(client, "a", timeout=0.05)
     held.acquire()
     time.sleep(0.08)
     with pytest.raises(LockNotOwned):
@@ -204,7 +204,7 @@ def test_each_acquisition_returns_a_greater_fencing_token(client: Any) -> None:
 
 
 def test_fencing_tokens_increase_after_an_expired_hold(client: Any) -> None:
-    first = lock(client, "a", expire_timeout=0.05).acquire()
+    first = lock(client, "a", timeout=0.05).acquire()
     time.sleep(0.08)
     second = try_lock(client, "a")
     assert second > first
@@ -221,7 +221,7 @@ def test_reentry_returns_the_token_of_the_current_hold(client: Any) -> None:
 
 
 def test_write_under_a_lost_lock_is_refused(client: Any) -> None:
-    sect = section("s", redis=client, lock_expire_timeout=0.05)
+    sect = section("s", redis=client, timeout=0.05)
     sect.set("doc", {"v": 1})
     doc = sect.get("doc")
     doc.acquire()
@@ -247,7 +247,7 @@ def test_write_under_a_held_lock_goes_through(client: Any) -> None:
 
 def test_acquire_past_the_timeout_raises_lock_timeout(client: Any) -> None:
     with lock(client, "a"):
-        error = other_owner(lambda: lock(client, "a", acquire_timeout=0.05).acquire())
+        error = other_owner(lambda: lock(client, "a", blocking_timeout=0.05).acquire())
     assert isinstance(error, LockTimeout)
 
 
@@ -263,7 +263,7 @@ def test_waiter_gets_the_lock_once_it_is_released(client: Any) -> None:
     holder.start()
     taken.wait(5)
     try:
-        token = lock(client, "a", acquire_timeout=5).acquire()
+        token = lock(client, "a", blocking_timeout=5).acquire()
     finally:
         holder.join()
     assert isinstance(token, int)
@@ -273,7 +273,7 @@ def test_waiting_blocks_between_attempts_instead_of_spinning(
     client: Any, round_trips: Any
 ) -> None:
     with lock(client, "a"), round_trips() as rt:
-        error = other_owner(lambda: lock(client, "a", acquire_timeout=0.3).acquire())
+        error = other_owner(lambda: lock(client, "a", blocking_timeout=0.3).acquire())
     assert isinstance(error, LockTimeout)
     attempts = rt.commands.count("EVALSHA")
     assert 2 <= attempts < 30
@@ -324,7 +324,7 @@ def test_lock_on_a_manager_uses_its_prefix(transient_manager: RedisManager, clie
 
 
 def test_child_made_before_the_lock_is_taken_is_guarded_too(client: Any) -> None:
-    doc = section("s", redis=client, lock_expire_timeout=0.05).get("doc")
+    doc = section("s", redis=client, timeout=0.05).get("doc")
     value = doc.get("v")
     doc.acquire()
     time.sleep(0.08)
@@ -334,7 +334,7 @@ def test_child_made_before_the_lock_is_taken_is_guarded_too(client: Any) -> None
 
 
 def test_extend_with_replace_ttl_sets_the_time_left(client: Any) -> None:
-    held = lock(client, "a", expire_timeout=10)
+    held = lock(client, "a", timeout=10)
     held.acquire()
     held.extend(0.05, replace_ttl=True)
     time.sleep(0.08)
@@ -345,7 +345,7 @@ def test_memory_backend_lock_excludes_and_times_out(transient_memory: RedisManag
     held = section("s", redis=transient_memory).get("a")
     with held:
         error = other_owner(
-            lambda: section("s", redis=transient_memory, lock_acquire_timeout=0.05).acquire()
+            lambda: section("s", redis=transient_memory, blocking_timeout=0.05).acquire()
         )
     assert isinstance(error, LockTimeout)
 
@@ -357,13 +357,13 @@ def test_threads_sharing_a_proxy_share_its_lock_object(
     # object, or a thread's hold is tracked on a Lock the proxy no longer uses and its
     # writes go out without the lost-lock check.
     shared = section("s", redis=client).get("doc")
-    make = Lock._from_binding.__func__  # type: ignore[attr-defined]
+    from pyramid_transient.store import proxy as proxy_module
 
-    def slow_make(cls: Any, *args: Any) -> Lock:
+    def slow_lock(*args: Any, **kwargs: Any) -> Lock:
         time.sleep(0.05)  # widen the window between "no lock yet" and "lock set"
-        return make(cls, *args)  # type: ignore[no-any-return]
+        return Lock(*args, **kwargs)
 
-    monkeypatch.setattr(Lock, "_from_binding", classmethod(slow_make))
+    monkeypatch.setattr(proxy_module, "Lock", slow_lock)
     seen: list[Lock] = []
     threads = [threading.Thread(target=lambda: seen.append(shared.lock)) for _ in range(2)]
     for t in threads:
@@ -375,14 +375,14 @@ def test_threads_sharing_a_proxy_share_its_lock_object(
 
 
 def test_children_from_iter_children_carry_the_parents_lock(client: Any) -> None:
-    sect = section("s", redis=client, lock_expire_timeout=0.05)
+    sect = section("s", redis=client, timeout=0.05)
     sect.set("doc", {"a": 1, "b": 2})
     doc = sect.get("doc")
     doc.acquire()
     time.sleep(0.08)  # our lock expired ...
 
     def take_and_keep() -> int:
-        other = Lock(client, "s.doc", expire_timeout=30)
+        other = Lock(client, "s.doc", timeout=30)
         return other.acquire(blocking=False)  # ... and another owner holds it now
 
     assert isinstance(other_owner(take_and_keep), int)
@@ -394,3 +394,96 @@ def test_children_from_iter_children_carry_the_parents_lock(client: Any) -> None
     with pytest.raises(LockNotOwned):
         child.add(1)
     assert sect.get("doc").val() == {"a": 1, "b": 2}
+
+
+# ---------------------------------------------------------------------- vocabulary
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("lock_expire_timeout", "timeout"), ("lock_acquire_timeout", "blocking_timeout")],
+)
+def test_proxy_old_timing_names_warn_and_still_apply(client: Any, old: str, new: str) -> None:
+    with pytest.warns(DeprecationWarning, match=f"{old}= is deprecated.*use {new}="):
+        proxy = section("s", redis=client, **{old: 3})
+    assert getattr(proxy.lock, new) == 3
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [("expire_timeout", "timeout"), ("acquire_timeout", "blocking_timeout")]
+)
+def test_lock_old_timing_names_warn_and_still_apply(client: Any, old: str, new: str) -> None:
+    with pytest.warns(DeprecationWarning, match=f"{old}= is deprecated.*use {new}="):
+        held = Lock(client, "a", **{old: 3})
+    assert getattr(held, new) == 3
+    with pytest.warns(DeprecationWarning, match=f"{old}= is deprecated"):
+        assert getattr(held, old) == 3
+
+
+def test_both_names_of_one_argument_are_refused(client: Any) -> None:
+    with pytest.raises(TypeError, match="both timeout= and its deprecated name expire_timeout="):
+        Lock(client, "a", timeout=1, expire_timeout=2)
+
+
+@pytest.mark.parametrize("via", ["proxy", "lock"])
+def test_acquire_timeout_keyword_is_the_old_wait_and_warns(client: Any, via: str) -> None:
+    with lock(client, "a"):
+
+        def wait_the_old_way() -> Any:
+            other: Any = section("a", redis=client, timeout=60)
+            if via == "lock":
+                other = other.lock
+            start = time.monotonic()
+            with pytest.warns(DeprecationWarning, match="use blocking_timeout="):
+                try:
+                    other.acquire(timeout=0.2)  # the old meaning: how long to wait
+                except LockTimeout as exc:
+                    return exc, time.monotonic() - start
+            return None, 0.0
+
+        error, waited = other_owner(wait_the_old_way)
+    assert isinstance(error, LockTimeout)
+    assert 0.15 < waited < 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"timeout": 0}, "timeout must be a positive"),
+        ({"timeout": -1}, "timeout must be a positive"),
+        ({"timeout": 10**11}, "up to"),
+        ({"blocking_timeout": -0.1}, "blocking_timeout must be 0 or more"),
+        ({"sleep": 0}, "sleep must be a positive"),
+    ],
+)
+def test_lock_timing_out_of_range_is_refused(
+    client: Any, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Lock(client, "a", **kwargs)
+
+
+def test_blocking_timeout_zero_makes_one_attempt(client: Any) -> None:
+    with lock(client, "a"):
+        error = other_owner(lambda: lock(client, "a", blocking_timeout=0).acquire())
+    assert isinstance(error, LockTimeout)
+
+
+def test_request_path_defaults_fail_fast_behind_an_orphaned_lock(
+    transient_manager: RedisManager,
+) -> None:
+    # A holder that never releases (its release was lost to a stall): with the default
+    # timing, the next request waits about the socket timeout, not 10 s.
+    orphan = section("s", redis=transient_manager).get("doc").lock
+    assert (orphan.timeout, orphan.blocking_timeout) == (5.0, 0.5)
+    other_owner(orphan.acquire)  # taken by a thread that is gone
+    start = time.monotonic()
+    with pytest.raises(LockTimeout):
+        section("s", redis=transient_manager).get("doc").acquire()
+    assert 0.45 < time.monotonic() - start < 2
+    key = transient_manager.keyspace("store").tagged("s", "locks")
+    record = transient_manager.get("store").hget(key, "doc.").split()
+    # the orphan frees itself within the default timeout
+    seconds, micros = transient_manager.get("store").time()
+    server_ms = int(seconds) * 1000 + int(micros) // 1000
+    assert int(record[2]) - server_ms <= 5000

@@ -34,7 +34,7 @@ def _add_worker(url: str, db: int, barrier: Any, times: int) -> None:
 
 
 def _rmw_worker(url: str, db: int, barrier: Any, times: int, locked: bool) -> None:
-    sect = section("s", redis=_client(url, db), lock_acquire_timeout=TIMEOUT)
+    sect = section("s", redis=_client(url, db), blocking_timeout=TIMEOUT)
     total = sect.get("total")
     barrier.wait(TIMEOUT)
     for _ in range(times):

@@ -81,10 +81,12 @@ class CacheSettings:
 class StoreSettings:
     """``transient.store.*``: the nested-dict store."""
 
-    #: Seconds ``acquire()`` waits for a tree lock before raising ``LockTimeout``.
-    lock_acquire_timeout: float = 10.0
-    #: Seconds after which a tree lock expires if its holder died.
-    lock_expire_timeout: float = 30.0
+    #: Seconds ``acquire()`` waits for a tree lock before raising ``LockTimeout`` (the
+    #: locks' ``blocking_timeout``): about the socket timeout, so a request fails fast.
+    lock_acquire_timeout: float = 0.5
+    #: Seconds after which a tree lock expires if its holder died or its release was lost
+    #: (the locks' ``timeout``).
+    lock_expire_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
