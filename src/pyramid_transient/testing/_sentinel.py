@@ -11,7 +11,7 @@ from typing import Any
 
 from ._binaries import binary_for
 from ._groups import ask, info_fields, pairs, wait_until
-from ._servers import RedisServer, kill, start_with_retries
+from ._servers import RedisServer, start_with_retries
 from ._settings import with_test_dbs
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ class SentinelGroup:
             raise RuntimeError("kill_master needs a running master and replica")
         self.sync(timeout)
         old, new = self.master, self.replica
-        kill(old)
+        old.kill()
         self._killed = old
         self.master, self.replica = new, None
         self._wait_reported(new.port, timeout)

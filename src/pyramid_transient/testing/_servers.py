@@ -128,11 +128,21 @@ class RedisServer:
 
     def stop(self) -> None:
         """Stop the server (only the process we started, by its pid)."""
+        self._end(kill=False)
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL, as a crash would); :meth:`start` restarts it."""
+        self._end(kill=True)
+
+    def _end(self, *, kill: bool) -> None:
         process, self.process = self.process, None
         if process is None:
             return
         if process.poll() is None:
-            process.terminate()
+            if kill:
+                process.kill()
+            else:
+                process.terminate()
             try:
                 process.wait(5)
             except subprocess.TimeoutExpired:
@@ -169,15 +179,3 @@ def start_with_retries(make: Callable[[], RedisServer], attempts: int = 3) -> Re
             error = exc
             server.stop()
     raise RuntimeError(f"could not start a redis-server after {attempts} attempts: {error}")
-
-
-def kill(server: RedisServer) -> None:
-    """Kill ``server`` at once (SIGKILL, as a crash would), only the process we started."""
-    process, server.process = server.process, None
-    if process is None:
-        return
-    if process.poll() is None:
-        process.kill()
-        process.wait(5)
-    if process.stderr:
-        process.stderr.close()
