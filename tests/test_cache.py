@@ -21,6 +21,7 @@ from pyramid_transient import cache, invalidation
 from pyramid_transient.cache import CacheKeyGenerator, TransientRegion, get_region
 from pyramid_transient.connection import RedisManager
 from pyramid_transient.invalidation import (
+    _backlog,
     pending_invalidations,
     register,
     row_identity,
@@ -247,7 +248,7 @@ def test_pending_invalidations_travel_with_the_next_key(
             with factory() as session:
                 session.get(Page, 1).title = "while down"
                 session.commit()
-            invalidation._backlog(manager).cancel()
+            _backlog.backlog_of(manager).cancel()
             assert pending_invalidations(manager) == 2
             server.start()
             client.script_load(invalidation.TOKENS_SCRIPT)  # a restarted server forgot it

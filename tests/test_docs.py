@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import re
 from pathlib import Path
 
@@ -31,12 +33,48 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert command in ci
 
 
+#: Packages that are not library API: the demo app and the command (narrative docs).
+NOT_API = ("demo", "scripts")
+
+
+def _public_modules() -> set[str]:
+    # Modules and packages, and their public submodules: a name with a leading underscore
+    # (a file or any package above it) is private, documented through its package.
+    src = ROOT / "src"
+    found = set()
+    for path in (src / "pyramid_transient").rglob("*.py"):
+        parts = path.relative_to(src).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if len(parts) > 1 and parts[1] in NOT_API:
+            continue
+        if not any(part.startswith("_") for part in parts):
+            found.add(".".join(parts))
+    return found - {"pyramid_transient"}
+
+
 def test_every_module_has_an_api_page() -> None:
     pages = " ".join(p.read_text() for p in (ROOT / "docs" / "api").glob("*.rst"))
-    modules = {
-        f"pyramid_transient.{p.stem}"
-        for p in (ROOT / "src" / "pyramid_transient").glob("*.py")
-        if not p.stem.startswith("_")
-    }
-    documented = set(re.findall(r"pyramid_transient(?:\.\w+)?", pages))
+    documented = set(re.findall(r"pyramid_transient(?:\.\w+)*", pages))
+    modules = _public_modules()
+    assert {"pyramid_transient.testing", "pyramid_transient.invalidation"} <= modules
     assert modules <= documented, sorted(modules - documented)
+
+
+@pytest.mark.parametrize(
+    ("page", "module", "names"),
+    [
+        ("testing", "pyramid_transient.testing", {"TEST_DBS", "PACKAGES"}),
+        ("cache", "pyramid_transient.invalidation", {"DEFAULT_TOKEN_TTL"}),
+    ],
+)
+def test_the_values_written_on_an_api_page_are_the_code_s(
+    page: str, module: str, names: set[str]
+) -> None:
+    # Constants a package re-exports are documented with ``.. data::`` and a written
+    # ``:value:`` (autodoc finds their comments only in the module that assigns them).
+    text = (ROOT / "docs" / "api" / f"{page}.rst").read_text()
+    values = dict(re.findall(r"^\.\. data:: (\w+)\n   :value: (.+)$", text, re.MULTILINE))
+    assert set(values) == names
+    for name, value in values.items():
+        assert ast.literal_eval(value) == getattr(importlib.import_module(module), name), name

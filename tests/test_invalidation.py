@@ -48,6 +48,8 @@ from pyramid_transient import invalidation
 from pyramid_transient.connection import RedisManager, get_manager
 from pyramid_transient.invalidation import (
     Identity,
+    _backlog,
+    _tokens,
     get_token,
     identities_of,
     pending_invalidations,
@@ -298,8 +300,8 @@ def test_the_digest_is_the_same_whichever_way_tokens_are_read(
     assert single == hashlib.sha1(tokens[0]).hexdigest().encode("ascii")
     assert store.digest([one, two]) == hashlib.sha1(b",".join(tokens)).hexdigest().encode()
     # The script reads one token when retried invalidations ride along: same digest.
-    invalidation._backlog(transient_manager).put_back([store.key("t:gone")])
-    invalidation._backlog(transient_manager).cancel()
+    _backlog.backlog_of(transient_manager).put_back([store.key("t:gone")])
+    _backlog.backlog_of(transient_manager).cancel()
     assert store.digest([one]) == single
     assert pending_invalidations(transient_manager) == 0
 
@@ -755,14 +757,15 @@ def test_commit_through_zope_sqlalchemy_and_transaction_invalidates(
 def _read_at_invalidation(engine: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What another connection reads of row 1 each time tokens are deleted."""
     seen: list[str] = []
-    original = invalidation._delete
+    original = _tokens.delete
 
     def reading_first(client: Any, keys: Any) -> None:
         with engine.connect() as conn:
             seen.append(conn.execute(select(Item.name).where(Item.id == 1)).scalar_one())
         original(client, keys)
 
-    monkeypatch.setattr(invalidation, "_delete", reading_first)
+    # Where TokenStore.invalidate looks it up (the background retry has its own).
+    monkeypatch.setattr(_tokens, "delete", reading_first)
     return seen
 
 
@@ -872,7 +875,7 @@ def test_commit_with_redis_down_does_not_raise_and_keeps_the_work(
             session.commit()  # must not raise
         assert pending_invalidations(client) == 2
         assert "could not invalidate 2 cache tokens" in caplog.text
-        invalidation._backlog(client).cancel()
+        _backlog.backlog_of(client).cancel()
     finally:
         listener.remove()
 
@@ -899,7 +902,7 @@ def test_a_commit_while_a_cluster_is_unreachable_keeps_the_work_for_retry(
         assert pending_invalidations(manager) == 2
         assert "could not invalidate 2 cache tokens" in caplog.text
     finally:
-        invalidation._backlog(manager).cancel()
+        _backlog.backlog_of(manager).cancel()
         listener.remove()
 
 
@@ -918,7 +921,7 @@ def test_failed_invalidations_are_retried_with_the_next_commit(
         with factory() as session:
             session.get(Item, 1).name = "while down"
             session.commit()
-        invalidation._backlog(client).cancel()
+        _backlog.backlog_of(client).cancel()
         dead_server.start()  # a restarted server: no script loaded, none needed (one DEL)
         with factory() as session:
             session.get(Item, 2).name = "after"
@@ -940,7 +943,7 @@ def test_failed_invalidations_are_retried_in_the_background(
     client: redis.Redis,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(invalidation, "RETRY_DELAYS", (0.05,))
+    monkeypatch.setattr(_backlog, "RETRY_DELAYS", (0.05,))
     listener = register(factory, client)
     try:
         dead_server.stop()
@@ -953,7 +956,7 @@ def test_failed_invalidations_are_retried_in_the_background(
             time.sleep(0.05)
         assert pending_invalidations(client) == 0
     finally:
-        invalidation._backlog(client).cancel()
+        _backlog.backlog_of(client).cancel()
         listener.remove()
 
 
@@ -963,7 +966,7 @@ def test_failed_invalidations_through_a_manager_are_retried_in_the_background(
     dead_server: RedisServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(invalidation, "RETRY_DELAYS", (0.05,))
+    monkeypatch.setattr(_backlog, "RETRY_DELAYS", (0.05,))
     manager = RedisManager.from_settings(test_settings(dead_server.url))
     listener = register(factory, manager)
     try:
@@ -978,7 +981,7 @@ def test_failed_invalidations_through_a_manager_are_retried_in_the_background(
             time.sleep(0.05)
         assert pending_invalidations(manager) == 0  # only a DEL that went through empties it
     finally:
-        invalidation._backlog(manager).cancel()
+        _backlog.backlog_of(manager).cancel()
         listener.remove()
         manager.close()
 
@@ -989,7 +992,7 @@ def test_backlog_is_bounded(
     monkeypatch: pytest.MonkeyPatch,
     caplog: Any,
 ) -> None:
-    monkeypatch.setattr(invalidation, "MAX_BACKLOG", 3)
+    monkeypatch.setattr(_backlog, "MAX_BACKLOG", 3)
     dead_server.stop()
     try:
         store = token_store(client)
@@ -998,7 +1001,7 @@ def test_backlog_is_bounded(
         assert pending_invalidations(client) == 3
         assert "dropped 2 token invalidations" in caplog.text
     finally:
-        invalidation._backlog(client).cancel()
+        _backlog.backlog_of(client).cancel()
 
 
 # --------------------------------------------------------------------------- processes

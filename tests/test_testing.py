@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 EXAMPLE = """
@@ -79,3 +82,29 @@ def test_round_trips_fixture_counts_a_pipeline_as_one(pytester: pytest.Pytester)
         """
     )
     pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+def test_a_test_that_stops_the_shared_server_does_not_break_the_next(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        pytest_plugins = ["pyramid_transient.testing"]
+
+        def test_stops_it(transient_redis_server):
+            transient_redis_server.stop()
+
+        def test_next(transient_redis):
+            assert transient_redis.ping()
+        """
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=2)
+
+
+def test_the_classes_import_without_pytest() -> None:
+    # The plugin's hooks and fixtures live apart: an app's script may start a server.
+    code = (
+        "import sys; sys.modules['pytest'] = None; "
+        "from pyramid_transient.testing import RedisServer, RoundTripCounter, test_settings"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,0 +1,143 @@
+"""The retry backlog: token keys whose invalidation failed, kept per target and retried."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ..connection import RedisManager
+
+log = logging.getLogger(__name__)
+
+#: Most token keys kept for retry after failed invalidations; older ones are dropped (and
+#: logged): their staleness is then bounded by the token time to live.
+MAX_BACKLOG = 100_000
+
+#: Seconds between background retries of failed invalidations (the last one repeats).
+RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def delete(client: Any, keys: Sequence[str]) -> None:
+    """Delete token keys: one ``DEL`` for every key, one command, one round trip.
+
+    The keys share the ``{tokens}`` hash tag, so on a Cluster it goes to the one node that
+    owns their slot.
+    """
+    client.execute_command("DEL", *keys)
+
+
+class Backlog:
+    """Token keys whose invalidation failed, per target, retried until they succeed.
+
+    The target is a store's manager (so that an outage in which the manager cannot even
+    build its client, a Cluster's, still keeps the work), else its bare client.
+    """
+
+    def __init__(self, target: Any, name: str) -> None:
+        self._target = weakref.ref(target)
+        self._name = name
+        self._lock = threading.Lock()
+        self._keys: dict[str, None] = {}  # ordered, for dropping the oldest first
+        self._timer: threading.Timer | None = None
+        self._attempt = 0
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def take(self) -> list[str]:
+        with self._lock:
+            keys, self._keys = list(self._keys), {}
+            return keys
+
+    def put_back(self, keys: Iterable[str]) -> None:
+        with self._lock:
+            merged = dict.fromkeys(keys)
+            merged.update(self._keys)
+            overflow = len(merged) - MAX_BACKLOG
+            if overflow > 0:
+                for key in list(merged)[:overflow]:
+                    del merged[key]
+                log.error(
+                    "dropped %d token invalidations after failing to reach Redis (backlog "
+                    "limit %d); data cached under them may be stale until their tokens expire",
+                    overflow,
+                    MAX_BACKLOG,
+                )
+            self._keys = merged
+            self._schedule()
+
+    def succeeded(self) -> None:
+        self._attempt = 0
+
+    def _schedule(self) -> None:
+        # Called with the lock held.
+        if self._timer is not None or not self._keys:
+            return
+        delay = RETRY_DELAYS[min(self._attempt, len(RETRY_DELAYS) - 1)]
+        self._attempt += 1
+        timer = threading.Timer(delay, self._retry)
+        timer.daemon = True
+        self._timer = timer
+        timer.start()
+
+    def _retry(self) -> None:
+        with self._lock:
+            self._timer = None
+        target = self._target()
+        if target is None:
+            return
+        keys = self.take()
+        if not keys:
+            return
+        try:
+            client = target.get(self._name) if isinstance(target, RedisManager) else target
+            delete(client, keys)
+        except Exception as exc:
+            log.warning("retrying %d token invalidations failed again: %s", len(keys), exc)
+            self.put_back(keys)
+        else:
+            self.succeeded()
+            log.info("retried %d token invalidations successfully", len(keys))
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+
+# target (manager or bare client) -> database name -> backlog. Module-level because the
+# work must outlive whatever failed to do it: token stores are made per use (token_store()
+# builds one per call) and a bare redis.Redis has no place of ours to hold it. Held weakly,
+# so a closed app's manager or a dropped client takes its backlog (and timer) with it.
+_BACKLOGS: weakref.WeakKeyDictionary[Any, dict[str, Backlog]] = weakref.WeakKeyDictionary()
+_BACKLOGS_LOCK = threading.Lock()
+
+
+def backlog_of(target: Any, name: str = "cache") -> Backlog:
+    backlog = _BACKLOGS.get(target, {}).get(name)
+    if backlog is None:
+        with _BACKLOGS_LOCK:
+            per_name = _BACKLOGS.setdefault(target, {})
+            backlog = per_name.get(name)
+            if backlog is None:
+                backlog = per_name[name] = Backlog(target, name)
+    return backlog
+
+
+def waiting_in(target: Any, name: str) -> Backlog | None:
+    # The backlog of target, if it holds anything (no lock: a hint, taken under its lock).
+    backlog = _BACKLOGS.get(target, {}).get(name)
+    return backlog if backlog is not None and len(backlog) else None
+
+
+def pending_invalidations(redis_or_manager: Any) -> int:
+    """How many token invalidations wait for a retry (for monitoring, tests).
+
+    Give what the invalidations go to: the ``RedisManager`` of a store or listener bound
+    to a manager (or to the running app), the ``redis.Redis`` of one bound to a client.
+    """
+    return sum(len(backlog) for backlog in _BACKLOGS.get(redis_or_manager, {}).values())

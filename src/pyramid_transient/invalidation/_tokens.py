@@ -1,0 +1,228 @@
+"""The token store: reading, creating and invalidating tokens, in one round trip each."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import weakref
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from typing import Any, cast
+
+import redis
+
+from ..connection import Binding, bind
+from ..keys import KeySpace
+from ..lua import ScriptSet
+from ._backlog import backlog_of, delete, waiting_in
+from ._identities import identities_of
+
+log = logging.getLogger(__name__)
+
+#: Seconds a token lives unless ``transient.cache.token_ttl`` says otherwise.
+DEFAULT_TOKEN_TTL = 24 * 3600
+
+#: The hash tag every token key carries, so that one script or one ``DEL`` may touch any
+#: set of them (on a Cluster they all live in one slot).
+TOKEN_TAG = "tokens"
+
+#: The Lua that reads several tokens (or one, with retried invalidations) in one round
+#: trip: ``tokens.lua`` beside this module, whose head comment lists its KEYS and ARGV.
+TOKENS_SCRIPT = (resources.files(__package__ or __name__) / "tokens.lua").read_text("utf-8")
+
+#: This package's Lua, registered once per client.
+SCRIPTS = ScriptSet(tokens=TOKENS_SCRIPT)
+
+
+def _sha1(data: bytes) -> bytes:
+    # The digest TOKENS_SCRIPT computes with redis.sha1hex: lower-case hex, as bytes.
+    return hashlib.sha1(data).hexdigest().encode("ascii")
+
+
+def _text(token: Any) -> bytes:
+    # A client made with decode_responses=True answers str.
+    return token.encode("utf-8") if isinstance(token, str) else cast(bytes, token)
+
+
+#: Clients whose server refuses ``SET NX GET`` (Redis before 7.0): they read one token
+#: with the script, like several. A fact about the client's server, learnt once and
+#: shared by every store on that client (stores are made per use); held weakly, as the
+#: scripts registered on a client are (:class:`~pyramid_transient.lua.ScriptSet`).
+_NO_SET_NX_GET: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+class TokenStore:
+    """Reads, creates and invalidates tokens in one Redis database.
+
+    ``client`` is a ``redis.Redis`` (or ``RedisCluster``), or a
+    :class:`~pyramid_transient.binding.Binding` whose client is asked for on every use
+    (so a forked worker gets its own connections); ``keyspace`` the
+    :class:`~pyramid_transient.keys.KeySpace` of the tokens (by default the binding's, or
+    ``KeySpace("", "token")`` for a client). :func:`token_store` builds one for an app.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | Binding,
+        keyspace: KeySpace | None = None,
+        *,
+        ttl: int = DEFAULT_TOKEN_TTL,
+    ) -> None:
+        if isinstance(client, Binding):
+            self.binding = client
+        else:
+            self.binding = Binding(keyspace or KeySpace("", "token"), client=client, name="cache")
+        #: The keys of the tokens.
+        self.keyspace = keyspace or self.binding.keyspace
+        #: Seconds a new token lives.
+        self.ttl = ttl
+        self._tag = "{" + TOKEN_TAG + "}"
+        self._base = self.keyspace.base
+
+    @property
+    def client(self) -> Any:
+        """The ``redis.Redis`` (or ``RedisCluster``) the tokens live on, resolved now."""
+        return self.binding.client
+
+    @property
+    def target(self) -> Any:
+        """The ``RedisManager`` the store is bound to, else its client: failed
+        invalidations wait for a retry per target (see :func:`pending_invalidations`)."""
+        manager = self.binding.manager
+        return manager if manager is not None else self.binding.client
+
+    def key(self, identity: str) -> str:
+        """The Redis key of the token of ``identity``."""
+        return f"{self._base}:{self._tag}:{identity}"
+
+    def tokens(self, identities: Sequence[str]) -> list[bytes]:
+        """The tokens of ``identities``, created where missing, in one round trip.
+
+        Invalidations waiting for a retry on the same :attr:`target` go in the same round
+        trip, before the reads. Raises :class:`~pyramid_transient.exceptions.Unavailable`
+        when Redis cannot be reached, and
+        :class:`~pyramid_transient.exceptions.CorruptData` when a token key holds another
+        type (deleting it, as :meth:`invalidate` does, repairs it).
+        """
+        return cast(list[bytes], self._read(identities, digest=False))
+
+    def digest(self, identities: Sequence[str]) -> bytes:
+        """The SHA1 (hex) of the tokens of ``identities`` joined with ``,``, as
+        :meth:`tokens` reads them; the same whichever way they are read."""
+        return cast(bytes, self._read(identities, digest=True))
+
+    def _read(self, identities: Sequence[str], *, digest: bool) -> Any:
+        # The spine's vocabulary: Unavailable for an outage, CorruptData for a token key
+        # that holds another type.
+        with self.binding.errors(self.key(identities[0]) if len(identities) == 1 else None):
+            return self._read_tokens(identities, digest=digest)
+
+    def _read_tokens(self, identities: Sequence[str], *, digest: bool) -> Any:
+        client = self.client  # first: a client that cannot be built must not drop a retry
+        waiting = waiting_in(self.target, self.binding.name)
+        retried = waiting.take() if waiting is not None else []
+        if len(identities) == 1 and not retried and client not in _NO_SET_NX_GET:
+            # One token, the common case: SET NX GET EX answers the existing token and
+            # leaves it (and its time to live) alone, or sets ours with the time to live
+            # and answers nil. One plain command costs the server a tenth of a script call.
+            # execute_command skips set()'s argument checks.
+            new = secrets.token_hex(12) + "-1"
+            try:
+                token = client.execute_command(
+                    "SET", self.key(identities[0]), new, "NX", "GET", "EX", self.ttl, get=True
+                )
+            except redis.ResponseError as exc:
+                if "syntax error" not in str(exc).lower():
+                    raise
+                # Redis < 7.0 refuses NX with GET: this client reads with the script.
+                _NO_SET_NX_GET[client] = True
+                log.info("Redis refuses SET NX GET (before 7.0): tokens read by script")
+            else:
+                token = new.encode("ascii") if token is None else _text(token)
+                return _sha1(token) if digest else [token]
+        keys = [self.key(i) for i in identities]
+        try:
+            result = SCRIPTS.on(client)["tokens"](
+                keys=[*retried, *keys],
+                args=[
+                    len(retried),
+                    self.ttl,
+                    secrets.token_hex(12) + "-",
+                    *(("digest",) if digest else ()),
+                ],
+                client=client,
+            )
+        except Exception:
+            if retried:
+                backlog_of(self.target, self.binding.name).put_back(retried)
+            raise
+        if retried:
+            backlog_of(self.target, self.binding.name).succeeded()
+        if not isinstance(result, list):
+            return _text(result)  # the digest
+        tokens = result if not result or type(result[0]) is bytes else list(map(_text, result))
+        return _sha1(b",".join(tokens)) if digest else tokens
+
+    def invalidate(self, identities: Iterable[str]) -> bool:
+        """Delete the tokens of ``identities`` in one round trip (one ``DEL``); never raises.
+
+        Returns ``False`` when Redis could not be reached: the keys are then kept for a
+        retry (logged), with the next round trip on this :attr:`target` or by a background
+        timer.
+        """
+        keys = [self.key(i) for i in identities]
+        waiting = waiting_in(self.target, self.binding.name)
+        if waiting is not None:
+            keys = list(dict.fromkeys([*waiting.take(), *keys]))
+        if not keys:
+            return True
+        try:
+            delete(self.client, keys)  # the client too: a Cluster's is built on first use
+        except Exception as exc:
+            log.warning(
+                "could not invalidate %d cache tokens (kept for retry; staleness is bounded "
+                "by transient.cache.token_ttl = %ss): %s",
+                len(keys),
+                self.ttl,
+                exc,
+            )
+            backlog_of(self.target, self.binding.name).put_back(keys)
+            return False
+        if waiting is not None:
+            waiting.succeeded()
+        return True
+
+
+def token_store(
+    redis_or_manager: Any, *, key_prefix: str = "", ttl: int | None = None
+) -> TokenStore:
+    """A :class:`TokenStore` on the ``cache`` database of a ``RedisManager``, a registry
+    or a request (their app's manager), ``None`` (the running app's), or a bare
+    ``redis.Redis``.
+
+    A manager's tokens take its prefix and ``transient.cache.token_ttl``, and its client is
+    asked for on every use. With a bare client the keys are ``{key_prefix}:token:...``;
+    pass the app's ``transient.key_prefix`` so that a worker writes the tokens the app
+    reads.
+    """
+    binding = bind(redis_or_manager, "token", "cache")
+    if binding.manager is not None:
+        return TokenStore(binding, ttl=ttl or binding.manager.settings.cache.token_ttl)
+    return TokenStore(binding, KeySpace(key_prefix, "token"), ttl=ttl or DEFAULT_TOKEN_TTL)
+
+
+def get_token(redis_or_manager: Any, instance_or_identity: Any, *, key_prefix: str = "") -> str:
+    """The current token of a row or table (created if missing), as text.
+
+    ``instance_or_identity`` is anything :func:`identities_of` accepts that names one
+    token (an instance, a single-table class, a ``Table`` or an identity string). Raises
+    :class:`redis.RedisError` if Redis cannot be reached.
+    """
+    identities = identities_of(instance_or_identity)
+    if len(identities) != 1:
+        raise ValueError(
+            f"{instance_or_identity!r} names {len(identities)} tokens; give one table or row"
+        )
+    store = token_store(redis_or_manager, key_prefix=key_prefix)
+    return store.tokens(identities)[0].decode("ascii")
