@@ -653,7 +653,7 @@ def test_each_script_is_a_lua_file_with_its_keys_and_argv_on_top() -> None:
     from importlib import resources
 
     from pyramid_transient.store import SCRIPTS
-    from pyramid_transient.store.scripts import source
+    from pyramid_transient.store._scripts import source
 
     files = resources.files("pyramid_transient.store")
     for name in SCRIPTS.sources:

@@ -357,7 +357,7 @@ def test_threads_sharing_a_proxy_share_its_lock_object(
     # object, or a thread's hold is tracked on a Lock the proxy no longer uses and its
     # writes go out without the lost-lock check.
     shared = section("s", redis=client).get("doc")
-    from pyramid_transient.store import proxy as proxy_module
+    from pyramid_transient.store import _proxy as proxy_module
 
     def slow_lock(*args: Any, **kwargs: Any) -> Lock:
         time.sleep(0.05)  # widen the window between "no lock yet" and "lock set"

@@ -134,10 +134,10 @@ def waiting_in(target: Any, name: str) -> Backlog | None:
     return backlog if backlog is not None and len(backlog) else None
 
 
-def pending_invalidations(redis_or_manager: Any) -> int:
+def pending_invalidations(redis: Any) -> int:
     """How many token invalidations wait for a retry (for monitoring, tests).
 
     Give what the invalidations go to: the ``RedisManager`` of a store or listener bound
     to a manager (or to the running app), the ``redis.Redis`` of one bound to a client.
     """
-    return sum(len(backlog) for backlog in _BACKLOGS.get(redis_or_manager, {}).values())
+    return sum(len(backlog) for backlog in _BACKLOGS.get(redis, {}).values())

@@ -13,6 +13,7 @@ from typing import Any, cast
 import redis
 
 from ..connection import Binding, bind
+from ..exceptions import InvalidArgument
 from ..keys import KeySpace
 from ..lua import ScriptSet
 from ._backlog import backlog_of, delete, waiting_in
@@ -194,9 +195,7 @@ class TokenStore:
         return True
 
 
-def token_store(
-    redis_or_manager: Any, *, key_prefix: str = "", ttl: int | None = None
-) -> TokenStore:
+def token_store(redis: Any, *, key_prefix: str = "", ttl: int | None = None) -> TokenStore:
     """A :class:`TokenStore` on the ``cache`` database of a ``RedisManager``, a registry
     or a request (their app's manager), ``None`` (the running app's), or a bare
     ``redis.Redis``.
@@ -206,23 +205,23 @@ def token_store(
     pass the app's ``transient.key_prefix`` so that a worker writes the tokens the app
     reads.
     """
-    binding = bind(redis_or_manager, "token", "cache")
+    binding = bind(redis, "token", "cache")
     if binding.manager is not None:
         return TokenStore(binding, ttl=ttl or binding.manager.settings.cache.token_ttl)
     return TokenStore(binding, KeySpace(key_prefix, "token"), ttl=ttl or DEFAULT_TOKEN_TTL)
 
 
-def get_token(redis_or_manager: Any, instance_or_identity: Any, *, key_prefix: str = "") -> str:
+def get_token(redis: Any, instance_or_identity: Any, *, key_prefix: str = "") -> str:
     """The current token of a row or table (created if missing), as text.
 
     ``instance_or_identity`` is anything :func:`identities_of` accepts that names one
     token (an instance, a single-table class, a ``Table`` or an identity string). Raises
-    :class:`redis.RedisError` if Redis cannot be reached.
+    :class:`~pyramid_transient.exceptions.Unavailable` if Redis cannot be reached.
     """
     identities = identities_of(instance_or_identity)
     if len(identities) != 1:
-        raise ValueError(
+        raise InvalidArgument(
             f"{instance_or_identity!r} names {len(identities)} tokens; give one table or row"
         )
-    store = token_store(redis_or_manager, key_prefix=key_prefix)
+    store = token_store(redis, key_prefix=key_prefix)
     return store.tokens(identities)[0].decode("ascii")

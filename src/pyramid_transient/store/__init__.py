@@ -36,15 +36,15 @@ from __future__ import annotations
 from typing import Any
 
 from ..connection import add_request_attribute, include_manager
-from .binding import (
+from ._binding import (
     DEFAULT_LOCK_BLOCKING_TIMEOUT,
     DEFAULT_LOCK_TIMEOUT,
     MAX_SECONDS,
 )
-from .locks import Lock, current_owner
-from .paths import SEPARATOR
-from .proxy import Proxy, get_store, root, section
-from .scripts import SCRIPTS
+from ._locks import Lock, current_owner
+from ._paths import SEPARATOR
+from ._proxy import Proxy, get_store, root, section
+from ._scripts import SCRIPTS
 
 __all__ = [
     "DEFAULT_LOCK_BLOCKING_TIMEOUT",

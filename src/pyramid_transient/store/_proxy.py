@@ -9,9 +9,9 @@ from typing import Any, cast
 
 from ..codec import decode, encode
 from ..connection import get_manager
-from .binding import Place, StoreBinding, bind_store, ms, renamed
-from .locks import Lock, current_owner
-from .paths import SEPARATOR, build, flatten, node, split, stored_path
+from ._binding import Place, StoreBinding, bind_store, ms, renamed
+from ._locks import Lock, current_owner
+from ._paths import SEPARATOR, build, flatten, node, split, stored_path
 
 __all__ = ["Proxy", "get_store", "root", "section"]
 

@@ -16,8 +16,8 @@ from ..binding import Binding, bind, translate
 from ..exceptions import CorruptData, LockNotOwned
 from ..keys import KeySpace
 from ..settings import StoreSettings
-from .paths import SEPARATOR
-from .scripts import SCRIPTS, split_reply
+from ._paths import SEPARATOR
+from ._scripts import SCRIPTS, split_reply
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from typing import Any, cast
 
 from ..exceptions import CorruptData, LockNotOwned, LockTimeout
 from ..keys import KeySpace
-from .binding import StoreBinding, bind_store, ms, renamed, wait_seconds
-from .paths import node, split
+from ._binding import StoreBinding, bind_store, ms, renamed, wait_seconds
+from ._paths import node, split
 
 __all__ = ["Lock", "current_owner"]
 
