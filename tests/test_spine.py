@@ -75,21 +75,21 @@ def _store_lock(m: RedisManager) -> Any:
 
 
 def _model_save(m: RedisManager) -> Any:
-    Task.bind(m)
+    Task.objects.bind(m)
     return Task(id=1, title="x").save()
 
 
 def _model_get(m: RedisManager) -> Any:
-    Task.bind(m)
+    Task.objects.bind(m)
     try:
-        return Task.get(1)
+        return Task.objects.get(1)
     except KeyError:  # NotFound: the call reached Redis, which is all this needs
         return None
 
 
 def _model_filter(m: RedisManager) -> Any:
-    Task.bind(m)
-    return Task.filter(title="x")
+    Task.objects.bind(m)
+    return Task.objects.filter(title="x")
 
 
 def _safe_set(m: RedisManager) -> Any:
