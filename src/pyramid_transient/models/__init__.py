@@ -46,9 +46,9 @@ models, enums, UUIDs, bytes (base64) and non-finite floats round-trip exactly, d
 runs code, and both directions run in pydantic's compiled core. A payload that fails to
 decode is logged and treated as missing.
 
-The package: :mod:`.model` (the class), :mod:`.manager` (``Model.objects``), :mod:`.keys`
-(per-class state and keys), :mod:`.encoding` (index entries and lookups), :mod:`.scripts`
-(the ``.lua`` files beside it).
+The package: ``model`` (the class), ``manager`` (``Model.objects``), ``keys`` (per-class
+state and keys), ``encoding`` (index entries and lookups), ``scripts`` (the ``.lua`` files
+beside it).
 """
 
 from __future__ import annotations

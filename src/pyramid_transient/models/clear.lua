@@ -2,4 +2,4 @@
 -- objects' keys first. No own ARGV. Returns the number of live objects there were.
 local n = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 redis.call('DEL', unpack(KEYS))
-return n
+return answer(n)

@@ -13,11 +13,11 @@ for i = base + 1, #ARGV, 2 do
   local current = 0
   if alive then current = version_of(redis.call('HGET', KEYS[2], pk)) end
   local unchanged = mode == '' or tonumber(ARGV[i + 1]) == current
-  if not unchanged and mode == 'check' then return {0, current} end
+  if not unchanged and mode == 'check' then return answer({0, current}) end
   if unchanged then
     drop(pk)
     if not hashed then redis.call('DEL', KEYS[3 + nidx + n]) end
     if alive then removed = removed + 1 end
   end
 end
-return {1, removed}
+return answer({1, removed})

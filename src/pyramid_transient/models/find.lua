@@ -5,12 +5,14 @@
 --               each range's min and max (ZRANGEBYSCORE / ZRANGEBYLEX syntax)
 -- Walks the condition with the fewest entries (the caller checks the others) and returns
 -- pk, version[, JSON] of each live object listed; entries of dead objects are cleaned.
+-- Returns false (and the index in broken) when a condition's index has the wrong type.
 local with_data = ARGV[base] == 'd'
 local best = nil
 local pos = base + 2
 for c = 1, tonumber(ARGV[base + 1]) do
   local key, kind, count = index[ARGV[pos]], ARGV[pos + 1], tonumber(ARGV[pos + 2])
   local ranges, total = {}, 0
+  if not key then return answer(false) end
   pos = pos + 3
   for r = 1, count do
     local lo, hi = ARGV[pos], ARGV[pos + 1]
@@ -44,9 +46,7 @@ for _, range in ipairs(best[3]) do
       seen[pk] = true
       local deadline = redis.call('ZSCORE', KEYS[1], pk)
       if live(deadline) then
-        out[#out + 1] = pk
-        out[#out + 1] = version_of(redis.call('HGET', KEYS[2], pk))
-        if with_data then out[#out + 1] = redis.call('HGET', KEYS[3], pk) or '' end
+        emit(out, pk, with_data)
       elseif deadline then
         drop(pk)
       else
@@ -55,4 +55,4 @@ for _, range in ipairs(best[3]) do
     end
   end
 end
-return out
+return answer(out)

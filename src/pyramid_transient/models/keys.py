@@ -65,6 +65,11 @@ class _IdBlocks:
             self._blocks[key] = (pid, nxt + 1, end)
             return nxt
 
+    def forget(self, key: str) -> None:
+        """Drop this process's block of ``key`` (the next id reserves a new one)."""
+        with self._lock:
+            self._blocks.pop(key, None)
+
 
 @dataclass
 class _Meta:

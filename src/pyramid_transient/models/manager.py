@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from pydantic import ValidationError
 
 from ..binding import Binding, bind
-from ..exceptions import ConflictError, FullScanRefused, MultipleFound, NotFound
+from ..exceptions import ConflictError, CorruptData, FullScanRefused, MultipleFound, NotFound
 from ..keys import quote
 from ..transactions import after_commit
 from . import keys as _keys_module
@@ -114,13 +114,37 @@ class Manager(Generic[M]):
             )
         return _Keys(binding, binding.client, *names, keyspace=ks, tag=tag)
 
-    def _run(self, keys: _Keys, name: str, data_key: str, extra_keys: Sequence[str],
-             args: Sequence[Any]) -> Any:  # fmt: skip
+    def _call(self, keys: _Keys, name: str, data_key: str, extra_keys: Sequence[str],
+              args: Sequence[Any]) -> tuple[Any, list[str]]:  # fmt: skip
+        """Run script ``name``: its result, and the index keys of the wrong type it met
+        (left alone). Keys of the wrong type it deleted are logged here."""
         meta = self._meta
         all_keys = [keys.all, keys.meta, data_key, *keys.indexes, *extra_keys]
         head = ["h" if meta.layout == "hash" else "k", len(meta.indexes)]
         head.extend(i.field for i in meta.indexes)
-        return keys.binding.run(SCRIPTS, name, all_keys, [*head, *args], client=keys.client)
+        repaired, result, broken = keys.binding.run(
+            SCRIPTS, name, all_keys, [*head, *args], client=keys.client
+        )
+        for key in repaired:
+            log.warning(
+                "Redis key %r of %s did not hold what models write there: deleted (its "
+                "objects read as missing until saved again)",
+                key.decode(errors="replace"), self._name,
+            )  # fmt: skip
+        return result, [k.decode(errors="replace") for k in broken]
+
+    def _run(self, keys: _Keys, name: str, data_key: str, extra_keys: Sequence[str],
+             args: Sequence[Any]) -> Any:  # fmt: skip
+        return self._call(keys, name, data_key, extra_keys, args)[0]
+
+    def _broken_index(self, key: str) -> CorruptData:
+        return CorruptData(
+            f"Redis key {key!r}, an index of {self._name}, holds a value of the wrong type "
+            "(filters through it are refused until the indexes are rebuilt)",
+            key=key,
+            database=DATABASE,
+            repair=f"{self._name}.objects.rebuild_indexes()",
+        )
 
     # ------------------------------------------------------------------ keys
 
@@ -151,19 +175,22 @@ class Manager(Generic[M]):
         if meta.generated_id is str:
             return _keys_module._new_text_id()
         keys = self._keys()
+        return meta.id_blocks.take(keys.ids, lambda n: self._reserve_ids(keys, n))
+
+    def _reserve_ids(self, keys: _Keys, n: int, *, skip_ahead: bool = False) -> int:
+        """Add ``n`` to the class's id counter; return its new value. ``skip_ahead``: move
+        the counter past every id it could have handed out first (a generated id was found
+        taken: the counter was set back)."""
         counter = keys.ids
-
-        def reserve(n: int) -> int:
-            end, repaired = keys.binding.run(SCRIPTS, "ids", [counter], [n], client=keys.client)
-            if repaired:
-                log.warning(
-                    "model id counter %r of %s did not hold an integer: reset past every "
-                    "id it could have handed out",
-                    counter, self._name,
-                )  # fmt: skip
-            return int(end)
-
-        return meta.id_blocks.take(counter, reserve)
+        args = [n, "1" if skip_ahead else ""]
+        end, repaired = keys.binding.run(SCRIPTS, "ids", [counter], args, client=keys.client)
+        if repaired:
+            log.warning(
+                "Redis key %r, the id counter of %s, did not hold an integer: reset past "
+                "every id it could have handed out",
+                counter, self._name,
+            )  # fmt: skip
+        return int(end)
 
     def _pk_text(self, values: Sequence[Any]) -> str:
         meta = self._meta
@@ -264,8 +291,10 @@ class Manager(Generic[M]):
         pk = self.key_of(obj)  # first: a generated id must be in the payload
         payload = obj.model_dump_json()
         check = meta.optimistic if if_unmodified is None else if_unmodified
+        retry_id = False
         if obj._id_generated and obj._version == 0:
             check = True  # "must not exist yet": a generated id never overwrites
+            retry_id = meta.generated_id is int and not on_commit
         index_args = self._index_args(obj, pk)
         requested_on = obj._version  # the version the payload was built on
 
@@ -276,6 +305,19 @@ class Manager(Generic[M]):
             expected = str(base) if check else ""
             args = [pk, payload, "" if ttl is None else ttl, expected, PURGE_BATCH, *index_args]
             ok, version = self._run(keys, "save", data_key, (), args)
+            if not ok and retry_id:
+                # A generated int id already taken: the counter was set back (a restored
+                # or damaged key). Skip it ahead, drop this process's block, draw again.
+                log.warning(
+                    "Redis key %r: generated id %r of %s was taken; counter moved ahead",
+                    keys.ids, pk, self._name,
+                )  # fmt: skip
+                meta.id_blocks.forget(keys.ids)
+                self._reserve_ids(keys, 0, skip_ahead=True)
+                setattr(obj, "id", None)  # noqa: B010 (a field, unknown to the base)
+                obj._id_generated = False
+                self.save(obj, if_unmodified=if_unmodified, expire=expire)
+                return
             if not ok:
                 raise ConflictError(
                     f"{self._name} {pk!r} was changed since it was read (version "
@@ -344,6 +386,12 @@ class Manager(Generic[M]):
         data_key = keys.data if self._meta.layout == "hash" else keys.obj(pk)
         reply = self._run(keys, "get", data_key, (), [pk])
         if reply is None:
+            return None
+        if len(reply) == 3:  # the object's key holds another type: read as missing
+            log.warning(
+                "Redis key %r: stored %s %r is a %s, not a string; read as missing",
+                data_key, self._name, pk, reply[2].decode(),
+            )  # fmt: skip
             return None
         return self._load(pk, reply[1], reply[0], data_key)
 
@@ -441,7 +489,8 @@ class Manager(Generic[M]):
         if lookups:
             return len(self.filter(**lookups))
         keys = self._keys()
-        return int(self._run(keys, "count", keys.data, (), []))
+        prefix = keys.obj("") if self._meta.layout == "key" else ""
+        return int(self._run(keys, "count", keys.data, (), [prefix]))
 
     def delete_all(self) -> int:
         """Delete every object of the class; return how many were alive."""
@@ -450,11 +499,38 @@ class Manager(Generic[M]):
         if self._meta.layout == "key":
             while True:
                 with keys.binding.errors(keys.all):
-                    pks = [p.decode() for p in keys.client.zrange(keys.all, 0, SCAN_BATCH - 1)]
-                if not pks:
+                    raw = keys.client.zrange(keys.all, 0, SCAN_BATCH - 1)
+                if not raw:
                     break
-                deleted += self._delete_pks(keys, [(pk, "") for pk in pks])
+                pks = [pk for pk in map(self._pk_of, raw) if pk is not None]
+                if len(pks) < len(raw):  # not ours (no key of ours could be built for them)
+                    with keys.binding.errors(keys.all):
+                        keys.client.zrem(keys.all, *(p for p in raw if self._pk_of(p) is None))
+                if pks:
+                    deleted += self._delete_pks(keys, [(pk, "") for pk in pks])
         return deleted + int(self._run(keys, "clear", keys.data, (), []))
+
+    def rebuild_indexes(self) -> int:
+        """Delete the class's index keys and index every live object again (one round trip
+        per :data:`SCAN_BATCH` objects); return how many were indexed. The repair of an
+        index key damaged outside the library
+        (:class:`~pyramid_transient.exceptions.CorruptData` names it)."""
+        keys = self._keys()
+        if keys.indexes:
+            with keys.binding.errors():
+                keys.client.delete(*keys.indexes)
+        batch: list[Any] = []
+        total = 0
+        for obj in self._scan():
+            pk = self.key_of(obj)
+            entries = self._index_args(obj, pk)
+            batch += [pk, len(entries) // 3, *entries]
+            if len(batch) >= 3 * SCAN_BATCH:
+                total += int(self._run(keys, "reindex", keys.data, (), batch))
+                batch = []
+        if batch:
+            total += int(self._run(keys, "reindex", keys.data, (), batch))
+        return total
 
     def delete_filter(self, **lookups: Any) -> int:
         """Delete every object :meth:`filter` finds (one more round trip per
@@ -544,27 +620,44 @@ class Manager(Generic[M]):
             args += [idx.field, "s" if idx.kind == "score" else "l", len(ranges)]
             for lo, hi in ranges:
                 args += [lo, hi]
-        reply = self._run(keys, "find", keys.data, (), args)
+        reply, broken = self._call(keys, "find", keys.data, (), args)
+        if reply is None:
+            raise self._broken_index(broken[0])
         return self._collect(keys, reply)
 
     def _collect(self, keys: _Keys, reply: list[Any]) -> list[M]:
         out: list[M] = []
         if self._meta.layout == "hash":
             for i in range(0, len(reply), 3):
-                obj = self._load(reply[i].decode(), reply[i + 1], reply[i + 2], keys.data)
-                if obj is not None:
+                pk = self._pk_of(reply[i], keys.all)
+                obj = pk and self._load(pk, reply[i + 1], reply[i + 2], keys.data)
+                if obj:
                     out.append(obj)
             return out
-        pks = [reply[i].decode() for i in range(0, len(reply), 2)]
-        if not pks:
+        listed = [(self._pk_of(reply[i], keys.all), reply[i + 1]) for i in range(0, len(reply), 2)]
+        found = [(pk, version) for pk, version in listed if pk is not None]
+        if not found:
             return out
         with keys.binding.errors():
-            datas = keys.client.mget([keys.obj(pk) for pk in pks])
-        for n, (pk, data) in enumerate(zip(pks, datas, strict=True)):
-            obj = self._load(pk, reply[2 * n + 1], data, keys.obj(pk))
+            datas = keys.client.mget([keys.obj(pk) for pk, _ in found])
+        for (pk, version), data in zip(found, datas, strict=True):
+            obj = self._load(pk, version, data, keys.obj(pk))
             if obj is not None:
                 out.append(obj)
         return out
+
+    def _pk_of(self, raw: bytes, listed_in: str | None = None) -> str | None:
+        """The primary key ``raw`` as text, or None for bytes that are not UTF-8 (no key
+        of ours: read as missing, with a WARNING naming the key listing it)."""
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            if listed_in is not None:
+                log.warning(
+                    "Redis key %r lists %r, which is no primary key of %s; skipped",
+                    listed_in, raw, self._name,
+                )  # fmt: skip
+            return None
 
     def _scan(self) -> Iterator[M]:
         keys = self._keys()

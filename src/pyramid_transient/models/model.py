@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 import warnings
 from collections.abc import Callable
@@ -197,7 +198,7 @@ class RedisModel(BaseModel, metaclass=_ModelClass):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # before pydantic collects the fields (and warns that one shadows the manager)
-        cls._refuse_reserved(cls.__dict__.get("__annotations__", {}))
+        cls._refuse_reserved(inspect.get_annotations(cls))
         super().__init_subclass__(**kwargs)
 
     @classmethod

@@ -9,11 +9,40 @@
 -- ARGV[2]   n, the number of indexed fields
 -- ARGV[3 .. 2+n]  the indexed fields' names, in the order of their KEYS
 -- Each script's own ARGV start at ARGV[base] (base = 3 + n).
+-- Every script answers answer(result): {repaired, result, broken}, where repaired lists the
+-- keys of the wrong type this call deleted (all, meta, the data hash: their objects read as
+-- missing until saved again) and broken the index keys of the wrong type, left alone (no
+-- entry is written to or read from them; a filter through one is refused).
 local hashed = ARGV[1] == 'h'
 local nidx = tonumber(ARGV[2])
 local base = 3 + nidx
+local repaired, broken = {}, {}
+
+local function kind_of(key)
+  return redis.call('TYPE', key)['ok']
+end
+
+local function expect(key, kind)
+  local found = kind_of(key)
+  if found ~= 'none' and found ~= kind then
+    redis.call('DEL', key)
+    repaired[#repaired + 1] = key
+  end
+end
+
+expect(KEYS[1], 'zset')
+expect(KEYS[2], 'hash')
+if hashed then expect(KEYS[3], 'hash') end
 local index = {}
-for i = 1, nidx do index[ARGV[2 + i]] = KEYS[3 + i] end
+for i = 1, nidx do
+  local found = kind_of(KEYS[3 + i])
+  if found == 'none' or found == 'zset' then
+    index[ARGV[2 + i]] = KEYS[3 + i]
+  else
+    broken[#broken + 1] = KEYS[3 + i]
+  end
+end
+
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
@@ -52,4 +81,21 @@ local function drop(pk)
   redis.call('HDEL', KEYS[2], pk)
   redis.call('ZREM', KEYS[1], pk)
   if hashed then redis.call('HDEL', KEYS[3], pk) end
+end
+
+-- Append pk, version[, JSON] of a live object to out. With the JSON (hash layout), an
+-- entry without data is no object (damaged or stray): it is dropped instead.
+local function emit(out, pk, with_data)
+  local data = with_data and redis.call('HGET', KEYS[3], pk)
+  if with_data and not data then
+    drop(pk)
+    return
+  end
+  out[#out + 1] = pk
+  out[#out + 1] = version_of(redis.call('HGET', KEYS[2], pk))
+  if with_data then out[#out + 1] = data end
+end
+
+local function answer(result)
+  return {repaired, result or false, broken}
 end

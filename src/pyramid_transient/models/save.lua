@@ -15,22 +15,31 @@ local deadline = redis.call('ZSCORE', KEYS[1], pk)
 if deadline then
   if live(deadline) then current = version_of(redis.call('HGET', KEYS[2], pk)) else drop(pk) end
 end
-if ARGV[base + 3] ~= '' and tonumber(ARGV[base + 3]) ~= current then return {0, current} end
+if ARGV[base + 3] ~= '' and tonumber(ARGV[base + 3]) ~= current then
+  return answer({0, current})
+end
 unindex(pk)
 -- after the clean-ups, which may have emptied (so deleted) keys that are now recreated
 local existed = {}
 for i = 1, 3 + nidx do existed[i] = redis.call('EXISTS', KEYS[i]) == 1 end
+local seq = redis.call('HGET', KEYS[2], '\0seq')
+if seq and not (string.match(seq, '^%d+$') and #seq < 19) then
+  -- not a counter we wrote (HINCRBY would fail): start again as a new one
+  redis.call('HDEL', KEYS[2], '\0seq')
+  repaired[#repaired + 1] = KEYS[2] .. ' \\0seq'
+end
 local version = redis.call('HINCRBY', KEYS[2], '\0seq', 1)
-if version == 1 then
-  -- A new counter: the class's keys were deleted or expired. Start it at the server time in
-  -- microseconds, above every version handed out before, so that none is ever reused.
-  version = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+if version == 1 or version <= current then
+  -- A new counter (the class's keys were deleted or expired, or the counter was damaged):
+  -- start it at the server time in microseconds, above every version handed out before,
+  -- and above this object's, so that none is ever reused.
+  version = math.max(tonumber(clock[1]) * 1000000 + tonumber(clock[2]), current + 1)
   redis.call('HSET', KEYS[2], '\0seq', string.format('%d', version))
 end
 local parts = {string.format('%d', version), '|'}
 for i = base + 5, #ARGV, 3 do
   local field, member = ARGV[i], ARGV[i + 1]
-  redis.call('ZADD', index[field], ARGV[i + 2], member)
+  if index[field] then redis.call('ZADD', index[field], ARGV[i + 2], member) end
   parts[#parts + 1] = #field .. ':' .. field .. #member .. ':' .. member
 end
 redis.call('HSET', KEYS[2], pk, table.concat(parts))
@@ -59,4 +68,4 @@ for i = 1, 3 + nidx do
     end
   end
 end
-return {1, version}
+return answer({1, version})

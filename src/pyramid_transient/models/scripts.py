@@ -14,7 +14,7 @@ from ..lua import ScriptSet
 __all__ = ["SCRIPTS", "source"]
 
 #: The scripts on a class's keys (``prelude.lua`` + ``<name>.lua``).
-NAMES = ("save", "get", "delete", "find", "scan", "count", "clear")
+NAMES = ("save", "get", "delete", "find", "scan", "count", "clear", "reindex")
 #: The scripts on a key of their own (``<name>.lua`` alone).
 STANDALONE = ("ids",)
 
