@@ -99,8 +99,8 @@ def main() -> None:
             client.flushdb()
         SchemHash, SchemSimple = schematics_classes(schem_client)
         SchemSimple.__redis_client__ = simple_client
-        Person.bind(hash_client)
-        PersonByKey.bind(key_client)
+        Person.objects.bind(hash_client)
+        PersonByKey.objects.bind(key_client)
 
         def row(i: int) -> dict[str, object]:
             return {"name": f"person {i}", "age": 20 + i % 50, "group": i % GROUPS}
@@ -141,22 +141,22 @@ def main() -> None:
                     "redis-schematics simple": lambda: SchemSimple.match_for_pk(
                         str(rng.randrange(N))
                     ),
-                    "ours, hash layout": lambda: Person.get(rng.randrange(N)),
-                    "ours, key layout": lambda: PersonByKey.get(rng.randrange(N)),
+                    "ours, hash layout": lambda: Person.objects.get(rng.randrange(N)),
+                    "ours, key layout": lambda: PersonByKey.objects.get(rng.randrange(N)),
                 },
             )
         )
         assert len(SchemHash.filter(group=7)) == N // GROUPS
-        assert len(Person.filter(group=7)) == N // GROUPS
-        assert len(PersonByKey.filter(group=7)) == N // GROUPS
+        assert len(Person.objects.filter(group=7)) == N // GROUPS
+        assert len(PersonByKey.objects.filter(group=7)) == N // GROUPS
         print(
             slow_table(
                 f"filter(group=7): {N // GROUPS} of {N:,} objects (1%)",
                 {
                     "redis-schematics hash": lambda: SchemHash.filter(group=7),
                     "redis-schematics simple": lambda: SchemSimple.filter(group=7),
-                    "ours, hash layout": lambda: Person.filter(group=7),
-                    "ours, key layout": lambda: PersonByKey.filter(group=7),
+                    "ours, hash layout": lambda: Person.objects.filter(group=7),
+                    "ours, key layout": lambda: PersonByKey.objects.filter(group=7),
                 },
             )
         )

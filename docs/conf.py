@@ -60,5 +60,9 @@ nitpick_ignore_regex = [
 ]
 
 # Ours, but private: the annotation of Transaction.__init__'s ``target`` (a Transaction is
-# made by Safe.atomic(), never by users). The one exception to "ours must resolve".
-nitpick_ignore = [("py:class", "_Target")]
+# made by Safe.atomic(), never by users); and the model type variable of Manager[M].
+nitpick_ignore = [
+    ("py:class", "_Target"),
+    ("py:class", "M"),
+    ("py:class", "pyramid_transient.models._manager.M"),
+]

@@ -109,12 +109,12 @@ class Item(RedisModel):
 
 
 def test_model_save_get_and_filter(manager: RedisManager) -> None:
-    RedisModel.bind(manager)
+    RedisModel.objects.bind(manager)
     try:
         Item(id=1, kind="a", size=3).save()
         Item(id=2, kind="b").save()
         Item(id=3, kind="a").save()
-        assert Item.get(1).model_dump() == {"id": 1, "kind": "a", "size": 3}
-        assert sorted(i.id for i in Item.filter(kind="a")) == [1, 3]
+        assert Item.objects.get(1).model_dump() == {"id": 1, "kind": "a", "size": 3}
+        assert sorted(i.id for i in Item.objects.filter(kind="a")) == [1, 3]
     finally:
-        RedisModel.unbind()
+        RedisModel.objects.unbind()

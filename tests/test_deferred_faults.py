@@ -61,7 +61,7 @@ def test_deferred_saves_over_a_link_that_drops_replies_are_applied_once_or_repor
 ) -> None:
     proxy = fault_proxy(server.port)
     manager = _manager(proxy.port)
-    Job.bind(manager)
+    Job.objects.bind(manager)
     models_db = manager.db_number("models")
     for source in SCRIPTS.sources.values():  # no NOSCRIPT reloads in the count below
         redis.Redis(host="127.0.0.1", port=server.port, db=models_db).script_load(source)
@@ -83,10 +83,10 @@ def test_deferred_saves_over_a_link_that_drops_replies_are_applied_once_or_repor
     assert proxy.count(b"EVALSHA") - sent_before == SAVES
     # the drops happened after the server ran the script: every save is applied, once
     checker = _manager(server.port)  # straight to the server, same prefix
-    Job.bind(checker)
+    Job.objects.bind(checker)
     try:
-        assert Job.count() == SAVES
-        assert sorted(j.n for j in Job.all()) == list(range(SAVES))
+        assert Job.objects.count() == SAVES
+        assert sorted(j.n for j in Job.objects.all()) == list(range(SAVES))
     finally:
         checker.close()
     # and every one whose reply was lost was reported, naming the object

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from pyramid_transient import models as models_module
 from pyramid_transient.connection import RedisManager, get_manager
 from pyramid_transient.exceptions import MultipleFound, NotFound
 from pyramid_transient.models import FullScanRefused, RedisModel
+from pyramid_transient.models import _keys as models_keys
+from pyramid_transient.models import _manager as models_manager
 
 LAYOUTS = ("hash", "key")
 
@@ -116,9 +117,9 @@ MODELS = {layout: build(layout) for layout in LAYOUTS}
 
 @pytest.fixture(params=LAYOUTS)
 def m(request: Any, transient_manager: RedisManager) -> Iterator[SimpleNamespace]:
-    RedisModel.bind(transient_manager)
+    RedisModel.objects.bind(transient_manager)
     yield MODELS[request.param]
-    RedisModel.unbind()
+    RedisModel.objects.unbind()
 
 
 @pytest.fixture
@@ -156,7 +157,7 @@ def test_save_then_get_round_trips_every_type_exactly(m: SimpleNamespace) -> Non
         history=[Address(street="Old 2", zip="0001")],
         extra={"a": 1},
     ).save()
-    loaded = m.Rich.get("r1")
+    loaded = m.Rich.objects.get("r1")
     assert loaded == obj
     assert loaded.when.utcoffset() == dt.timedelta(hours=5, minutes=30)
     assert str(loaded.amount) == "12345678901234567890.000100"
@@ -165,41 +166,42 @@ def test_save_then_get_round_trips_every_type_exactly(m: SimpleNamespace) -> Non
 
 def test_id_zero_is_a_valid_key(m: SimpleNamespace) -> None:
     m.User(id=0, name="Zero").save()
-    assert m.User.get(0).name == "Zero"
+    assert m.User.objects.get(0).name == "Zero"
 
 
 def test_generated_keys_are_distinct_per_object(m: SimpleNamespace) -> None:
     a = m.Note(text="a").save()
     b = m.Note(text="b").save()
-    assert a.pk != b.pk
-    assert m.Note.get(a.pk).text == "a"
-    assert m.Note.get(b.pk).text == "b"
-    assert m.Note.count() == 2
+    key_of = m.Note.objects.key_of
+    assert key_of(a) != key_of(b)
+    assert m.Note.objects.get(key_of(a)).text == "a"
+    assert m.Note.objects.get(key_of(b)).text == "b"
+    assert m.Note.objects.count() == 2
 
 
 def test_loaded_object_keeps_its_generated_key(m: SimpleNamespace) -> None:
     note = m.Note(text="a").save()
-    loaded = m.Note.get(note.pk)
+    loaded = m.Note.objects.get(m.Note.objects.key_of(note))
     loaded.text = "changed"
     loaded.save()
-    assert m.Note.count() == 1
-    assert m.Note.get(note.pk).text == "changed"
+    assert m.Note.objects.count() == 1
+    assert m.Note.objects.get(m.Note.objects.key_of(note)).text == "changed"
 
 
 def test_unique_together_forms_the_key(m: SimpleNamespace) -> None:
     m.Member(org="acme", login="ann", level=1).save()
     m.Member(org="acme", login="bob", level=2).save()
     m.Member(org="acme", login="ann", level=3).save()  # same key: replaces
-    assert m.Member.count() == 2
-    assert m.Member.get(("acme", "ann")).level == 3
-    assert m.Member.get({"org": "acme", "login": "bob"}).level == 2
+    assert m.Member.objects.count() == 2
+    assert m.Member.objects.get(("acme", "ann")).level == 3
+    assert m.Member.objects.get({"org": "acme", "login": "bob"}).level == 2
 
 
 def test_key_parts_with_separators_stay_distinct(m: SimpleNamespace) -> None:
     m.Member(org="a:b", login="c").save()
     m.Member(org="a", login="b:c").save()
-    assert m.Member.get(("a:b", "c")).org == "a:b"
-    assert m.Member.get(("a", "b:c")).login == "b:c"
+    assert m.Member.objects.get(("a:b", "c")).org == "a:b"
+    assert m.Member.objects.get(("a", "b:c")).login == "b:c"
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -213,12 +215,12 @@ def test_none_and_the_text_null_are_distinct_key_parts(
         row: int
         label: str = ""
 
-    Seat.bind(transient_manager)
+    Seat.objects.bind(transient_manager)
     Seat(room=None, row=1, label="unassigned").save()
     Seat(room="null", row=1, label="room null").save()
-    assert Seat.count() == 2
-    assert Seat.get((None, 1)).label == "unassigned"
-    assert Seat.get(("null", 1)).label == "room null"
+    assert Seat.objects.count() == 2
+    assert Seat.objects.get((None, 1)).label == "unassigned"
+    assert Seat.objects.get(("null", 1)).label == "room null"
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -230,28 +232,28 @@ def test_int_and_text_ids_of_a_union_field_are_distinct_keys(
         id: int | str
         label: str = ""
 
-    Ticket.bind(transient_manager)
+    Ticket.objects.bind(transient_manager)
     Ticket(id=1, label="number").save()
     Ticket(id="1", label="text").save()
-    assert Ticket.count() == 2
-    assert Ticket.get(1).label == "number"
-    assert Ticket.get("1").label == "text"
+    assert Ticket.objects.count() == 2
+    assert Ticket.objects.get(1).label == "number"
+    assert Ticket.objects.get("1").label == "text"
 
 
 def test_get_of_a_missing_key_raises_not_found_which_is_a_key_error(m: SimpleNamespace) -> None:
     with pytest.raises(NotFound) as info:
-        m.User.get(99)
+        m.User.objects.get(99)
     assert isinstance(info.value, KeyError)
 
 
 def test_get_coerces_the_key_to_the_field_type(m: SimpleNamespace) -> None:
     m.User(id=5, name="Eve").save()
-    assert m.User.get("5").name == "Eve"
+    assert m.User.objects.get("5").name == "Eve"
 
 
 def test_get_with_a_key_of_the_wrong_type_is_a_clear_error(m: SimpleNamespace) -> None:
     with pytest.raises(ValueError, match=r"User.id__eq: 'five' is not a valid value"):
-        m.User.get("five")
+        m.User.objects.get("five")
 
 
 def test_saving_with_id_none_of_a_type_that_cannot_be_generated_is_a_clear_error(
@@ -275,19 +277,19 @@ def test_an_optional_id_gets_a_generated_key_on_first_save(
         id: kind | None = None  # type: ignore[valid-type]
         state: str = "new"
 
-    Job.bind(transient_manager)
+    Job.objects.bind(transient_manager)
     a = Job().save()
     b = Job(state="done").save()
     assert isinstance(a.id, kind) and isinstance(b.id, kind)
     assert a.id != b.id
-    assert Job.get(a.id).state == "new"
-    assert Job.get(b.id).id == b.id  # the stored payload carries the generated id
-    assert [j.id for j in Job.filter(state="done")] == [b.id]
+    assert Job.objects.get(a.id).state == "new"
+    assert Job.objects.get(b.id).id == b.id  # the stored payload carries the generated id
+    assert [j.id for j in Job.objects.filter(state="done")] == [b.id]
     a.state = "again"
     a.save()  # a second save keeps the key
-    assert Job.count() == 2 and Job.get(a.id).state == "again"
+    assert Job.objects.count() == 2 and Job.objects.get(a.id).state == "again"
     explicit = Job(id=kind(7)).save()
-    assert Job.get(kind(7)).id == explicit.id == kind(7)
+    assert Job.objects.get(kind(7)).id == explicit.id == kind(7)
 
 
 def test_generated_int_ids_take_one_round_trip_per_block(
@@ -296,7 +298,7 @@ def test_generated_int_ids_take_one_round_trip_per_block(
     class Job(RedisModel):
         id: int | None = None
 
-    Job.bind(transient_manager)
+    Job.objects.bind(transient_manager)
     Job().save()  # the first one reserves a block
     with round_trips() as counted:
         jobs = [Job().save() for _ in range(10)]
@@ -307,14 +309,14 @@ def test_generated_int_ids_take_one_round_trip_per_block(
 def test_generated_ids_are_distinct_across_processes(transient_manager: RedisManager) -> None:
     import multiprocessing
 
-    Shared.bind(transient_manager)
+    Shared.objects.bind(transient_manager)
     ctx = multiprocessing.get_context("fork")
     Shared().save()  # the parent holds a block its children must not reuse
     with ctx.Pool(4) as pool:
         batches = pool.map(_save_shared, [1500] * 4)
     drawn = [i for batch in batches for i in batch]
     assert len(set(drawn)) == len(drawn) == 12000
-    assert Shared.count() == 6001
+    assert Shared.objects.count() == 6001
 
 
 class Shared(RedisModel):
@@ -327,7 +329,7 @@ def _save_shared(n: int) -> list[Any]:
     ids: list[Any] = []
     for _ in range(n):
         ids.append(Shared().save().id)
-        ids.append(models_module._new_text_id())
+        ids.append(models_keys._new_text_id())
     return ids
 
 
@@ -342,12 +344,12 @@ def test_a_generated_id_that_collides_never_overwrites(
         id: str | None = None
         owner: str = ""
 
-    Job.bind(transient_manager)
-    monkeypatch.setattr(models_module, "_new_text_id", lambda: "same")
+    Job.objects.bind(transient_manager)
+    monkeypatch.setattr(models_keys, "_new_text_id", lambda: "same")
     Job(owner="first").save()
     with pytest.raises(ConflictError):
         Job(owner="second").save()
-    assert Job.get("same").owner == "first"
+    assert Job.objects.get("same").owner == "first"
 
 
 def test_refresh_reloads_fields(m: SimpleNamespace) -> None:
@@ -365,48 +367,48 @@ def test_refresh_of_a_deleted_object_raises_not_found(m: SimpleNamespace) -> Non
 
 def test_set_is_save(m: SimpleNamespace) -> None:
     m.User(id=1, name="Ann").set()
-    assert m.User.get(1).name == "Ann"
+    assert m.User.objects.get(1).name == "Ann"
 
 
 # ------------------------------------------------------------------ match
 
 
 def test_match_with_key_and_matching_field_finds_it(people: SimpleNamespace) -> None:
-    assert people.User.match(id=1, name="Ann").id == 1
+    assert people.User.objects.match(id=1, name="Ann").id == 1
 
 
 def test_match_with_key_and_non_matching_field_is_not_found(people: SimpleNamespace) -> None:
     with pytest.raises(NotFound):
-        people.User.match(id=1, name="Bob")
+        people.User.objects.match(id=1, name="Bob")
 
 
 def test_match_with_pk_lookup(people: SimpleNamespace) -> None:
-    assert people.User.match(pk=2).name == "Bob"
+    assert people.User.objects.match(pk=2).name == "Bob"
 
 
 def test_match_on_values_finds_the_one(people: SimpleNamespace) -> None:
-    assert people.User.match(name="Bea").id == 3
+    assert people.User.objects.match(name="Bea").id == 3
 
 
 def test_match_of_several_raises_multiple_found(people: SimpleNamespace) -> None:
     with pytest.raises(MultipleFound):
-        people.User.match(role="admin")
+        people.User.objects.match(role="admin")
 
 
 def test_match_of_none_raises_not_found(people: SimpleNamespace) -> None:
     with pytest.raises(NotFound):
-        people.User.match(name="Nobody")
+        people.User.objects.match(name="Nobody")
 
 
 def test_match_for_pk_is_get(people: SimpleNamespace) -> None:
-    assert people.User.match_for_pk(4).name == "Cid"
+    assert people.User.objects.match_for_pk(4).name == "Cid"
 
 
 def test_match_on_unique_together_fields_checks_the_rest(m: SimpleNamespace) -> None:
     m.Member(org="acme", login="ann", level=1).save()
-    assert m.Member.match(org="acme", login="ann", level=1).level == 1
+    assert m.Member.objects.match(org="acme", login="ann", level=1).level == 1
     with pytest.raises(NotFound):
-        m.Member.match(org="acme", login="ann", level=2)
+        m.Member.objects.match(org="acme", login="ann", level=2)
 
 
 # ------------------------------------------------------------------ lookups
@@ -449,70 +451,70 @@ LOOKUP_CASES = [
     ("lookups", "expected"), LOOKUP_CASES, ids=[str(c[0]) for c in LOOKUP_CASES]
 )
 def test_filter(people: SimpleNamespace, lookups: dict[str, Any], expected: list[int]) -> None:
-    assert ids(people.User.filter(**lookups)) == expected
+    assert ids(people.User.objects.filter(**lookups)) == expected
 
 
 def test_exclude_keeps_objects_not_matching_all_lookups(people: SimpleNamespace) -> None:
-    assert ids(people.User.exclude(role="admin", age__gt=35)) == [1, 2, 3]
+    assert ids(people.User.objects.exclude(role="admin", age__gt=35)) == [1, 2, 3]
 
 
 def test_objects_missing_the_field_are_excluded_not_a_crash(people: SimpleNamespace) -> None:
-    assert ids(people.User.filter(city__startswith="O")) == [1]
-    assert ids(people.User.filter(age__ne=1)) == [1, 2, 4]
+    assert ids(people.User.objects.filter(city__startswith="O")) == [1]
+    assert ids(people.User.objects.filter(age__ne=1)) == [1, 2, 4]
 
 
 def test_comparing_aware_and_naive_datetimes_matches_nothing(people: SimpleNamespace) -> None:
-    assert people.User.filter(born__gt=dt.datetime(1980, 1, 1)) == []
+    assert people.User.objects.filter(born__gt=dt.datetime(1980, 1, 1)) == []
 
 
 def test_unknown_field_is_a_clear_error(people: SimpleNamespace) -> None:
     with pytest.raises(ValueError, match=r"User has no field 'colour' \(lookup 'colour__in'\)"):
-        people.User.filter(colour__in=["red"])
+        people.User.objects.filter(colour__in=["red"])
 
 
 def test_unknown_lookup_is_a_clear_error(people: SimpleNamespace) -> None:
     with pytest.raises(ValueError, match=r"'age__near': unknown lookup 'near'; accepted: __ne"):
-        people.User.filter(age__near=3)
+        people.User.objects.filter(age__near=3)
 
 
 def test_uncoercible_value_is_a_clear_error(people: SimpleNamespace) -> None:
     with pytest.raises(ValueError, match=r"User.age__gt: 'old' is not a valid value"):
-        people.User.filter(age__gt="old")
+        people.User.objects.filter(age__gt="old")
 
 
 def test_in_needs_a_collection(people: SimpleNamespace) -> None:
     with pytest.raises(ValueError, match=r"User.age__in: 'ab'"):
-        people.User.filter(age__in="ab")
+        people.User.objects.filter(age__in="ab")
 
 
 def test_decimal_bounds_are_exact_despite_float_scores(m: SimpleNamespace) -> None:
     m.User(id=1, name="a", score=Decimal("0.1000000000000000001")).save()
     m.User(id=2, name="b", score=Decimal("0.1")).save()
-    assert ids(m.User.filter(score__gt=Decimal("0.1"))) == [1]
-    assert ids(m.User.filter(score=Decimal("0.1"))) == [2]
+    assert ids(m.User.objects.filter(score__gt=Decimal("0.1"))) == [1]
+    assert ids(m.User.objects.filter(score=Decimal("0.1"))) == [2]
 
 
 def test_int_beyond_float_range_is_indexed(m: SimpleNamespace) -> None:
     m.User(id=1, name="big", age=10**400).save()
     m.User(id=2, name="small", age=-(10**400)).save()
-    assert ids(m.User.filter(age__gt=5)) == [1]
-    assert ids(m.User.filter(age__lt=5)) == [2]
+    assert ids(m.User.objects.filter(age__gt=5)) == [1]
+    assert ids(m.User.objects.filter(age__lt=5)) == [2]
 
 
 def test_text_index_handles_control_characters(m: SimpleNamespace) -> None:
     m.User(id=1, name="a\x00b").save()
     m.User(id=2, name="a\x01").save()
     m.User(id=3, name="a").save()
-    assert ids(m.User.filter(name="a\x00b")) == [1]
-    assert ids(m.User.filter(name="a")) == [3]
-    assert ids(m.User.filter(name__startswith="a\x00")) == [1]
-    assert ids(m.User.filter(name__gt="a")) == [1, 2]
+    assert ids(m.User.objects.filter(name="a\x00b")) == [1]
+    assert ids(m.User.objects.filter(name="a")) == [3]
+    assert ids(m.User.objects.filter(name__startswith="a\x00")) == [1]
+    assert ids(m.User.objects.filter(name__gt="a")) == [1, 2]
 
 
 def test_all_and_count(people: SimpleNamespace) -> None:
-    assert ids(people.User.all()) == [1, 2, 3, 4]
-    assert people.User.count() == 4
-    assert people.User.count(role="admin") == 2
+    assert ids(people.User.objects.all()) == [1, 2, 3, 4]
+    assert people.User.objects.count() == 4
+    assert people.User.objects.count(role="admin") == 2
 
 
 def test_unindexed_filter_reads_in_batches(
@@ -521,9 +523,9 @@ def test_unindexed_filter_reads_in_batches(
     # more than 128 objects, so the pk index is a skiplist and ZSCAN honours COUNT
     for i in range(200):
         m.User(id=i, name=f"u{i}", city="Oslo" if i == 7 else None).save()
-    monkeypatch.setattr(models_module, "SCAN_BATCH", 50)
+    monkeypatch.setattr(models_manager, "SCAN_BATCH", 50)
     with round_trips() as rt:
-        found = m.User.filter(city="Oslo")
+        found = m.User.objects.filter(city="Oslo")
     assert ids(found) == [7]
     assert rt.count >= 4
 
@@ -533,11 +535,11 @@ def test_object_deleted_during_iteration_is_skipped(
 ) -> None:
     for i in range(200):
         m.User(id=i, name=f"u{i}").save()
-    monkeypatch.setattr(models_module, "SCAN_BATCH", 10)
+    monkeypatch.setattr(models_manager, "SCAN_BATCH", 10)
     seen = []
-    for obj in m.User.iterate():
+    for obj in m.User.objects.iterate():
         if not seen:
-            m.User.delete_filter(id__ne=obj.id)
+            m.User.objects.delete_filter(id__ne=obj.id)
         seen.append(obj.id)
     assert 1 <= len(seen) <= 40  # the first page, read before the deletes
 
@@ -547,12 +549,12 @@ def test_object_deleted_during_iteration_is_skipped(
 
 def test_class_whose_name_shares_a_prefix_is_never_mixed_in(people: SimpleNamespace) -> None:
     people.UserX(id=1, name="X", age=31, city="Oslo").save()
-    assert people.User.count() == 4
-    assert ids(people.User.filter(age=31)) == [1]
-    assert all(type(u) is people.User for u in people.User.filter(city="Oslo"))
-    assert len(people.User.filter(city="Oslo")) == 1
-    people.User.delete_all()
-    assert people.UserX.get(1).name == "X"
+    assert people.User.objects.count() == 4
+    assert ids(people.User.objects.filter(age=31)) == [1]
+    assert all(type(u) is people.User for u in people.User.objects.filter(city="Oslo"))
+    assert len(people.User.objects.filter(city="Oslo")) == 1
+    people.User.objects.delete_all()
+    assert people.UserX.objects.get(1).name == "X"
 
 
 def test_every_key_of_a_class_shares_its_hash_tag(
@@ -567,9 +569,9 @@ def test_every_key_of_a_class_shares_its_hash_tag(
 
 def test_filters_never_scan_the_keyspace(people: SimpleNamespace, transient_redis: Any) -> None:
     before = transient_redis.info("commandstats")
-    people.User.filter(city="Oslo")
-    people.User.filter(age__gt=1)
-    people.User.all()
+    people.User.objects.filter(city="Oslo")
+    people.User.objects.filter(age__gt=1)
+    people.User.objects.all()
     after = transient_redis.info("commandstats")
     for command in ("cmdstat_scan", "cmdstat_keys"):
         assert after.get(command, {}).get("calls", 0) == before.get(command, {}).get("calls", 0)
@@ -583,9 +585,9 @@ def test_save_replaces_the_old_index_entries(m: SimpleNamespace, transient_manag
     user.age = 32
     user.name = "Anna"
     user.save()
-    assert m.User.filter(age=31) == []
-    assert m.User.filter(name="Ann") == []
-    assert ids(m.User.filter(age=32)) == [1]
+    assert m.User.objects.filter(age=31) == []
+    assert m.User.objects.filter(name="Ann") == []
+    assert ids(m.User.objects.filter(age=32)) == [1]
     client = transient_manager.get("models")
     ks = transient_manager.keyspace("model", "models")
     assert client.zcard(ks.tagged("User", "idx", "age")) == 1
@@ -595,7 +597,7 @@ def test_save_replaces_the_old_index_entries(m: SimpleNamespace, transient_manag
 def test_blind_overwrite_replaces_the_old_index_entries(m: SimpleNamespace) -> None:
     m.User(id=1, name="Ann", age=31).save()
     m.User(id=1, name="Ann", age=50).save()  # a new instance, never read
-    assert m.User.filter(age=31) == []
+    assert m.User.objects.filter(age=31) == []
 
 
 def test_delete_removes_index_entries(m: SimpleNamespace, transient_manager: Any) -> None:
@@ -603,7 +605,7 @@ def test_delete_removes_index_entries(m: SimpleNamespace, transient_manager: Any
     client = transient_manager.get("models")
     ks = transient_manager.keyspace("model", "models")
     assert client.exists(ks.tagged("User", "idx", "age")) == 0
-    assert m.User.filter(age=31) == []
+    assert m.User.objects.filter(age=31) == []
 
 
 def test_indexed_filter_cost_follows_matches_not_class_size(
@@ -614,7 +616,7 @@ def test_indexed_filter_cost_follows_matches_not_class_size(
 
     def reads(**lookups: Any) -> tuple[int, int]:
         before = transient_redis.info("commandstats").get("cmdstat_hget", {}).get("calls", 0)
-        found = m.User.filter(**lookups)
+        found = m.User.objects.filter(**lookups)
         after = transient_redis.info("commandstats").get("cmdstat_hget", {}).get("calls", 0)
         return len(found), after - before
 
@@ -624,7 +626,7 @@ def test_indexed_filter_cost_follows_matches_not_class_size(
 
 def test_strict_class_refuses_an_unindexed_filter(m: SimpleNamespace) -> None:
     with pytest.raises(FullScanRefused, match=r"Strict is strict and no index serves \['label'\]"):
-        m.Strict.filter(label="x")
+        m.Strict.objects.filter(label="x")
 
 
 def test_full_scan_refused_lives_in_exceptions_and_is_a_transient_error() -> None:
@@ -636,13 +638,13 @@ def test_full_scan_refused_lives_in_exceptions_and_is_a_transient_error() -> Non
 
 def test_strict_class_refuses_exclude(m: SimpleNamespace) -> None:
     with pytest.raises(FullScanRefused):
-        m.Strict.exclude(n=1)
+        m.Strict.objects.exclude(n=1)
 
 
 def test_strict_class_serves_indexed_lookups(m: SimpleNamespace) -> None:
     m.Strict(id=1, n=5, label="x").save()
-    assert [s.id for s in m.Strict.filter(n=5, label="x")] == [1]
-    assert [s.id for s in m.Strict.all()] == [1]
+    assert [s.id for s in m.Strict.objects.filter(n=5, label="x")] == [1]
+    assert [s.id for s in m.Strict.objects.all()] == [1]
 
 
 # ------------------------------------------------------------------ deletes
@@ -653,35 +655,36 @@ def test_delete_returns_whether_it_existed(m: SimpleNamespace) -> None:
     assert user.delete() is True
     assert user.delete() is False
     with pytest.raises(NotFound):
-        m.User.get(1)
+        m.User.objects.get(1)
 
 
 def test_delete_filter_deletes_the_matches_only(people: SimpleNamespace) -> None:
-    assert people.User.delete_filter(role="admin") == 2
-    assert ids(people.User.all()) == [2, 3]
+    assert people.User.objects.delete_filter(role="admin") == 2
+    assert ids(people.User.objects.all()) == [2, 3]
 
 
 def test_delete_filter_leaves_an_object_written_since_the_filter(
     people: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     User = people.User
-    real_filter = User.filter.__func__
+    manager_class = type(User.objects)
+    real_filter = manager_class.filter
 
-    def filter_then_someone_writes(cls: Any, **lookups: Any) -> list[Any]:
-        found = real_filter(cls, **lookups)
+    def filter_then_someone_writes(self: Any, **lookups: Any) -> list[Any]:
+        found = real_filter(self, **lookups)
         User(id=1, name="Ann", role="member").save()  # meanwhile, Ann is no admin any more
         return found
 
-    monkeypatch.setattr(User, "filter", classmethod(filter_then_someone_writes))
-    assert User.delete_filter(role="admin") == 1
-    assert User.get(1).role == "member"
+    monkeypatch.setattr(manager_class, "filter", filter_then_someone_writes)
+    assert User.objects.delete_filter(role="admin") == 1
+    assert User.objects.get(1).role == "member"
     with pytest.raises(NotFound):
-        User.get(4)
+        User.objects.get(4)
 
 
 def test_delete_all_leaves_no_key(people: SimpleNamespace, transient_manager: Any) -> None:
-    assert people.User.delete_all() == 4
-    assert people.User.count() == 0
+    assert people.User.objects.delete_all() == 4
+    assert people.User.objects.count() == 0
     assert transient_manager.get("models").dbsize() == 0
 
 
@@ -690,20 +693,20 @@ def test_delete_all_leaves_no_key(people: SimpleNamespace, transient_manager: An
 
 def test_object_expires_after_expire_seconds(m: SimpleNamespace) -> None:
     m.Temp(id=1, n=1).save()
-    assert m.Temp.get(1).n == 1
+    assert m.Temp.objects.get(1).n == 1
     time.sleep(0.15)
     with pytest.raises(NotFound):
-        m.Temp.get(1)
+        m.Temp.objects.get(1)
 
 
 def test_one_save_never_extends_another_objects_life(m: SimpleNamespace) -> None:
     m.Temp(id=1, n=1).save(expire=0.05)
     m.Temp(id=2, n=2).save(expire=30)
     time.sleep(0.1)
-    assert [t.id for t in m.Temp.all()] == [2]
-    assert m.Temp.count() == 1
+    assert [t.id for t in m.Temp.objects.all()] == [2]
+    assert m.Temp.objects.count() == 1
     with pytest.raises(NotFound):
-        m.Temp.get(1)
+        m.Temp.objects.get(1)
 
 
 def test_saving_again_restarts_the_objects_clock(m: SimpleNamespace) -> None:
@@ -712,7 +715,7 @@ def test_saving_again_restarts_the_objects_clock(m: SimpleNamespace) -> None:
     time.sleep(0.4)
     temp.save(expire=0.6)
     time.sleep(0.4)  # 0.8 s after the first save: alive only because the second restarted it
-    assert m.Temp.get(1).n == 1
+    assert m.Temp.objects.get(1).n == 1
 
 
 def test_expired_object_is_skipped_and_its_index_entries_cleaned(
@@ -721,7 +724,7 @@ def test_expired_object_is_skipped_and_its_index_entries_cleaned(
     m.Temp(id=1, n=1, tag="a").save(expire=0.03)
     m.Temp(id=2, n=1, tag="a").save(expire=30)
     time.sleep(0.06)
-    assert [t.id for t in m.Temp.filter(n=1)] == [2]
+    assert [t.id for t in m.Temp.objects.filter(n=1)] == [2]
     client = transient_manager.get("models")
     ks = transient_manager.keyspace("model", "models")
     assert client.zcard(ks.tagged("Temp", "idx", "n")) == 1
@@ -788,9 +791,10 @@ def test_corrupt_payload_is_treated_as_missing_and_logged(
         client.set(ks.tagged("User", "obj", "1"), b"\x80not json")
     with caplog.at_level(logging.WARNING, logger="pyramid_transient.models"):
         with pytest.raises(NotFound):
-            m.User.get(1)
-        assert ids(m.User.filter(age=3)) == [2]
-    assert "skipping stored User '1'" in caplog.text
+            m.User.objects.get(1)
+        assert ids(m.User.objects.filter(age=3)) == [2]
+    bad_key = ks.tagged("User", "data" if m.User.__layout__ == "hash" else "obj:1")
+    assert f"Redis key {bad_key!r}: stored User '1' does not validate" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -803,10 +807,10 @@ def test_corrupt_bookkeeping_record_does_not_break_the_object(
     client = transient_manager.get("models")
     ks = transient_manager.keyspace("model", "models")
     client.hset(ks.tagged("User", "meta"), "1", record)
-    assert m.User.get(1).name == "Ann"
+    assert m.User.objects.get(1).name == "Ann"
     m.User(id=1, name="Anna", age=4).save()
-    assert ids(m.User.filter(age=4)) == [1]
-    assert m.User.get(1).delete() is True
+    assert ids(m.User.objects.filter(age=4)) == [1]
+    assert m.User.objects.get(1).delete() is True
 
 
 def test_foreign_member_in_a_text_index_is_skipped_and_removed(
@@ -816,7 +820,7 @@ def test_foreign_member_in_a_text_index_is_skipped_and_removed(
     client = transient_manager.get("models")
     key = transient_manager.keyspace("model", "models").tagged("User", "idx", "name")
     client.zadd(key, {"Anx": 0})  # no NUL: not a member we wrote
-    assert ids(m.User.filter(name__startswith="A")) == [1]
+    assert ids(m.User.objects.filter(name__startswith="A")) == [1]
     assert client.zscore(key, "Anx") is None
 
 
@@ -843,26 +847,26 @@ def test_save_is_one_round_trip(
 
 def test_get_is_one_round_trip(m: SimpleNamespace, unrelated_keys: None, round_trips: Any) -> None:
     m.User(id=1, name="Ann").save()
-    m.User.get(1)
+    m.User.objects.get(1)
     with round_trips() as rt:
-        m.User.get(1)
+        m.User.objects.get(1)
     assert rt.count == 1
 
 
 def test_indexed_filter_round_trips_with_unrelated_keys(
     people: SimpleNamespace, unrelated_keys: None, round_trips: Any
 ) -> None:
-    people.User.filter(age__gte=30)
+    people.User.objects.filter(age__gte=30)
     with round_trips() as rt:
-        found = people.User.filter(age__gte=30, role="admin")
+        found = people.User.objects.filter(age__gte=30, role="admin")
     assert ids(found) == [1, 4]
     assert rt.count == (1 if people.User.__layout__ == "hash" else 2)
 
 
 def test_count_is_one_round_trip(people: SimpleNamespace, round_trips: Any) -> None:
-    people.User.count()
+    people.User.objects.count()
     with round_trips() as rt:
-        assert people.User.count() == 4
+        assert people.User.objects.count() == 4
     assert rt.count == 1
 
 
@@ -875,9 +879,9 @@ def test_delete_is_one_round_trip(m: SimpleNamespace, round_trips: Any) -> None:
 
 
 def test_match_on_the_key_is_one_round_trip(people: SimpleNamespace, round_trips: Any) -> None:
-    people.User.match(id=1)
+    people.User.objects.match(id=1)
     with round_trips() as rt:
-        people.User.match(id=1, name="Ann")
+        people.User.objects.match(id=1, name="Ann")
     assert rt.count == 1
 
 
@@ -922,7 +926,7 @@ def test_storage_name_option_names_the_keys(transient_manager: RedisManager) -> 
         __storage_name__ = "people"
         id: int
 
-    Renamed.bind(transient_manager)
+    Renamed.objects.bind(transient_manager)
     Renamed(id=1).save()
     client = transient_manager.get("models")
     prefix = transient_manager.settings.key_prefix
@@ -933,10 +937,10 @@ def test_bare_client_binding_writes_unprefixed_keys(transient_redis: Any) -> Non
     class Plain(RedisModel):
         id: int
 
-    Plain.bind(transient_redis)
+    Plain.objects.bind(transient_redis)
     Plain(id=1).save()
     assert transient_redis.exists("model:{Plain}:data") == 1
-    assert Plain.get(1).id == 1
+    assert Plain.objects.get(1).id == 1
 
 
 def test_registry_binding_uses_its_apps_manager(transient_settings: dict[str, Any]) -> None:
@@ -949,11 +953,11 @@ def test_registry_binding_uses_its_apps_manager(transient_settings: dict[str, An
     try:
         config.include("pyramid_transient.models")
         manager = get_manager(config.registry)
-        Registered.bind(config.registry)
+        Registered.objects.bind(config.registry)
         Registered(id=1).save()
         prefix = manager.settings.key_prefix
         assert manager.get("models").exists(f"{prefix}:model:{{Registered}}:data") == 1
-        Registered.delete_all()
+        Registered.objects.delete_all()
         manager.close()
     finally:
         testing.tearDown()
@@ -966,7 +970,7 @@ def test_manager_binding_asks_the_manager_for_its_client_on_every_use(
     class Forked(RedisModel):
         id: int
 
-    Forked.bind(transient_manager)
+    Forked.objects.bind(transient_manager)
     Forked(id=1).save()
     asked = []
     real_get = transient_manager.get
@@ -976,7 +980,7 @@ def test_manager_binding_asks_the_manager_for_its_client_on_every_use(
         return real_get(name)
 
     monkeypatch.setattr(transient_manager, "get", get)
-    assert Forked.get(1).id == 1
+    assert Forked.objects.get(1).id == 1
     Forked(id=2).save()
     assert asked == ["models", "models"]
 
@@ -990,16 +994,16 @@ def test_memory_backend_runs_the_same_scripts(transient_memory: RedisManager, la
         n: int
         s: str
 
-    Mem.bind(transient_memory)
+    Mem.objects.bind(transient_memory)
     Mem(id=1, n=1, s="a").save()
     Mem(id=2, n=2, s="b").save()
     Mem(id=3, n=3, s="c").save(expire=0.02)
     time.sleep(0.04)
-    assert [x.id for x in Mem.filter(n__gte=2)] == [2]
-    assert [x.id for x in Mem.filter(s="a")] == [1]
-    assert sorted(x.id for x in Mem.all()) == [1, 2]
-    assert Mem.get(1).save(if_unmodified=True).n == 1
-    assert Mem.delete_all() == 2
+    assert [x.id for x in Mem.objects.filter(n__gte=2)] == [2]
+    assert [x.id for x in Mem.objects.filter(s="a")] == [1]
+    assert sorted(x.id for x in Mem.objects.all()) == [1, 2]
+    assert Mem.objects.get(1).save(if_unmodified=True).n == 1
+    assert Mem.objects.delete_all() == 2
 
 
 # ------------------------------------------------------------------ edge values
@@ -1015,13 +1019,13 @@ def test_nan_float_is_found_by_an_indexed_isnull_false(
         id: int
         value: float | None = None
 
-    Measure.bind(transient_manager)
+    Measure.objects.bind(transient_manager)
     Measure(id=1, value=float("nan")).save()
     Measure(id=2, value=1.5).save()
     Measure(id=3).save()
-    assert ids(Measure.filter(value__isnull=False)) == [1, 2]
-    assert ids(Measure.filter(value__gte=1)) == [2]
-    assert ids(Measure.filter(value__lt=1)) == []
+    assert ids(Measure.objects.filter(value__isnull=False)) == [1, 2]
+    assert ids(Measure.objects.filter(value__gte=1)) == [2]
+    assert ids(Measure.objects.filter(value__lt=1)) == []
 
 
 @pytest.mark.parametrize(
@@ -1041,4 +1045,4 @@ def test_none_in_an_indexed_lookup_matches_nothing_not_a_crash(
     people: SimpleNamespace, lookups: dict[str, Any], expected: list[int]
 ) -> None:
     # as for an unindexed field: None is matched only by field=None and field__isnull=True
-    assert ids(people.User.filter(**lookups)) == expected
+    assert ids(people.User.objects.filter(**lookups)) == expected

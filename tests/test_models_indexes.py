@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyramid_transient.connection import RedisManager
-from pyramid_transient.models import RedisModel, _Cond
+from pyramid_transient.models import RedisModel
+from pyramid_transient.models._encoding import _Cond
 
 
 class Prop(RedisModel):
@@ -67,9 +68,9 @@ def objects_and_value(draw: Any, field: str, op: str) -> tuple[list[dict[str, An
 
 @pytest.fixture(params=[Prop, PropByKey], ids=["hash", "key"])
 def model(request: Any, transient_manager: RedisManager) -> Iterator[type[Prop]]:
-    request.param.bind(transient_manager)
+    request.param.objects.bind(transient_manager)
     yield request.param
-    request.param.unbind()
+    request.param.objects.unbind()
 
 
 @pytest.mark.parametrize(("field", "op"), CASES, ids=[f"{f}__{op}" for f, op in CASES])
@@ -86,11 +87,11 @@ def test_indexed_filter_finds_what_a_full_check_finds(
     @given(case=objects_and_value(field, op))
     def check(case: Any) -> None:
         rows, value = case
-        model.delete_all()
+        model.objects.delete_all()
         saved = [model(**row).save() for row in rows]
-        cond = _Cond(field, op, model._coerce(field, value, op))
+        cond = _Cond(field, op, model.objects._coerce(field, value, op))
         expected = sorted(o.id for o in saved if cond.test(o))
-        found = sorted(o.id for o in model.filter(**{f"{field}__{op}": value}))
+        found = sorted(o.id for o in model.objects.filter(**{f"{field}__{op}": value}))
         assert found == expected
 
     check()
@@ -102,4 +103,4 @@ def test_indexed_filter_finds_what_a_full_check_finds(
 def test_startswith_finds_every_continuation(model: type[Prop], stored: str, prefix: str) -> None:
     model(id=1, s=stored).save()
     model(id=2, s="b").save()
-    assert [o.id for o in model.filter(s__startswith=prefix)] == [1]
+    assert [o.id for o in model.objects.filter(s__startswith=prefix)] == [1]

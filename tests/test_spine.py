@@ -75,21 +75,57 @@ def _store_lock(m: RedisManager) -> Any:
 
 
 def _model_save(m: RedisManager) -> Any:
-    Task.bind(m)
+    Task.objects.bind(m)
     return Task(id=1, title="x").save()
 
 
 def _model_get(m: RedisManager) -> Any:
-    Task.bind(m)
+    Task.objects.bind(m)
     try:
-        return Task.get(1)
+        return Task.objects.get(1)
     except KeyError:  # NotFound: the call reached Redis, which is all this needs
         return None
 
 
 def _model_filter(m: RedisManager) -> Any:
-    Task.bind(m)
-    return Task.filter(title="x")
+    Task.objects.bind(m)
+    return Task.objects.filter(title="x")
+
+
+class GenTask(RedisModel):
+    __storage_name__ = "spine_gen_task"
+    __indexes__ = ("title",)
+    id: int | None = None
+    title: str = ""
+
+
+def _model_manager_call(name: str) -> Callable[[RedisManager], Any]:
+    def call(m: RedisManager) -> Any:
+        Task.objects.bind(m)
+        return getattr(Task.objects, name)()
+
+    return call
+
+
+def _model_delete(m: RedisManager) -> Any:
+    Task.objects.bind(m)
+    return Task.objects.delete(Task(id=2))
+
+
+def _model_delete_filter(m: RedisManager) -> Any:
+    Task.objects.bind(m)
+    return Task.objects.delete_filter(title="nobody")
+
+
+def _model_generated_id(m: RedisManager) -> Any:
+    GenTask.objects.bind(m)
+    GenTask.__transient_meta__.id_blocks.forget(GenTask.objects._keys().ids)
+    return GenTask(title="y").save()
+
+
+def _model_rebuild_indexes(m: RedisManager) -> Any:
+    GenTask.objects.bind(m)
+    return GenTask.objects.rebuild_indexes()
 
 
 def _safe_set(m: RedisManager) -> Any:
@@ -112,6 +148,13 @@ CALLS: dict[str, Callable[[RedisManager], Any]] = {
     "models.save": _model_save,
     "models.get": _model_get,
     "models.filter": _model_filter,
+    "models.count": _model_manager_call("count"),
+    "models.all": _model_manager_call("all"),
+    "models.delete_all": _model_manager_call("delete_all"),
+    "models.delete": _model_delete,
+    "models.delete_filter": _model_delete_filter,
+    "models.generated_id": _model_generated_id,
+    "models.rebuild_indexes": _model_rebuild_indexes,
     "safe.set": _safe_set,
     "safe.get": _safe_get,
     "safe.atomic": _safe_atomic,

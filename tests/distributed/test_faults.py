@@ -389,14 +389,14 @@ def test_a_deferred_save_whose_reply_is_lost_is_applied_once_and_reported(
         id: int
         title: str = ""
 
-    Task.bind(manager.get("models"))
+    Task.objects.bind(manager.get("models"))
     Task(id=1, title="first").save()
     announced: list[AfterCommitFailed] = []
     config = pyramid_testing.setUp()
     try:
         config.add_subscriber(announced.append, AfterCommitFailed)
         with transaction.manager:  # the thread's, which save(on_commit=True) joins
-            task = Task.get(1)
+            task = Task.objects.get(1)
             task.title = "second"
             task.save(on_commit=True)
             sent = proxy.count(b"EVALSHA")
@@ -405,8 +405,8 @@ def test_a_deferred_save_whose_reply_is_lost_is_applied_once_and_reported(
         pyramid_testing.tearDown()
     assert proxy.count(b"EVALSHA") == sent + 1  # sent once, never again
     port = direct.connection_pool.connection_kwargs["port"]
-    Task.bind(redis.Redis(host="127.0.0.1", port=port, db=manager.db_number("models")))
-    stored = Task.get(1)
+    Task.objects.bind(redis.Redis(host="127.0.0.1", port=port, db=manager.db_number("models")))
+    stored = Task.objects.get(1)
     assert stored.title == "second"  # applied (once: it was sent once)
     assert [a.what for a in announced] == ["deferred save of Task '1'"]
     assert "deferred save of Task '1' failed after the transaction committed" in caplog.text

@@ -60,13 +60,14 @@ def _page(request: Any, error: str | None = None) -> dict[str, Any]:
         except inputs.FormError as exc:
             error = error or f"{exc}."
             min_priority = ""
-    tasks = DemoTask.filter(**lookups) if lookups else DemoTask.all()
+    tasks = DemoTask.objects.filter(**lookups) if lookups else DemoTask.objects.all()
     tasks.sort(key=lambda t: (-t.priority, t.title))
     if error is not None:
         request.response.status = 400
     return {
         "tasks": tasks,
-        "total": DemoTask.count(),
+        "key_of": DemoTask.objects.key_of,
+        "total": DemoTask.objects.count(),
         "statuses": list(Status),
         "status": status,
         "min_priority": min_priority,
@@ -93,7 +94,7 @@ def models_post(request: Any) -> Any:
             pk = request.POST.get("pk", "")
             if not pk or len(pk) > MAX_PK:
                 raise NotFound(pk[:MAX_PK])
-            task = DemoTask.get(pk)
+            task = DemoTask.objects.get(pk)
             if action == "advance":
                 task.status = NEXT[task.status]
                 task.save(on_commit=True)
