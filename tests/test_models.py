@@ -16,7 +16,7 @@ import pytest
 from pydantic import BaseModel
 
 from pyramid_transient.connection import RedisManager, get_manager
-from pyramid_transient.exceptions import MultipleFound, NotFound
+from pyramid_transient.exceptions import MultipleFound, ObjectNotFound
 from pyramid_transient.models import FullScanRefused, RedisModel
 from pyramid_transient.models import _keys as models_keys
 from pyramid_transient.models import _manager as models_manager
@@ -241,7 +241,7 @@ def test_int_and_text_ids_of_a_union_field_are_distinct_keys(
 
 
 def test_get_of_a_missing_key_raises_not_found_which_is_a_key_error(m: SimpleNamespace) -> None:
-    with pytest.raises(NotFound) as info:
+    with pytest.raises(ObjectNotFound) as info:
         m.User.objects.get(99)
     assert isinstance(info.value, KeyError)
 
@@ -361,7 +361,7 @@ def test_refresh_reloads_fields(m: SimpleNamespace) -> None:
 def test_refresh_of_a_deleted_object_raises_not_found(m: SimpleNamespace) -> None:
     a = m.User(id=1, name="Ann").save()
     a.delete()
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         a.refresh()
 
 
@@ -378,7 +378,7 @@ def test_match_with_key_and_matching_field_finds_it(people: SimpleNamespace) -> 
 
 
 def test_match_with_key_and_non_matching_field_is_not_found(people: SimpleNamespace) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         people.User.objects.match(id=1, name="Bob")
 
 
@@ -396,7 +396,7 @@ def test_match_of_several_raises_multiple_found(people: SimpleNamespace) -> None
 
 
 def test_match_of_none_raises_not_found(people: SimpleNamespace) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         people.User.objects.match(name="Nobody")
 
 
@@ -407,7 +407,7 @@ def test_match_for_pk_is_get(people: SimpleNamespace) -> None:
 def test_match_on_unique_together_fields_checks_the_rest(m: SimpleNamespace) -> None:
     m.Member(org="acme", login="ann", level=1).save()
     assert m.Member.objects.match(org="acme", login="ann", level=1).level == 1
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         m.Member.objects.match(org="acme", login="ann", level=2)
 
 
@@ -654,7 +654,7 @@ def test_delete_returns_whether_it_existed(m: SimpleNamespace) -> None:
     user = m.User(id=1, name="Ann").save()
     assert user.delete() is True
     assert user.delete() is False
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         m.User.objects.get(1)
 
 
@@ -678,7 +678,7 @@ def test_delete_filter_leaves_an_object_written_since_the_filter(
     monkeypatch.setattr(manager_class, "filter", filter_then_someone_writes)
     assert User.objects.delete_filter(role="admin") == 1
     assert User.objects.get(1).role == "member"
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         User.objects.get(4)
 
 
@@ -695,7 +695,7 @@ def test_object_expires_after_expire_seconds(m: SimpleNamespace) -> None:
     m.Temp(id=1, n=1).save()
     assert m.Temp.objects.get(1).n == 1
     time.sleep(0.15)
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         m.Temp.objects.get(1)
 
 
@@ -705,7 +705,7 @@ def test_one_save_never_extends_another_objects_life(m: SimpleNamespace) -> None
     time.sleep(0.1)
     assert [t.id for t in m.Temp.objects.all()] == [2]
     assert m.Temp.objects.count() == 1
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         m.Temp.objects.get(1)
 
 
@@ -790,7 +790,7 @@ def test_corrupt_payload_is_treated_as_missing_and_logged(
     else:
         client.set(ks.tagged("User", "obj", "1"), b"\x80not json")
     with caplog.at_level(logging.WARNING, logger="pyramid_transient.models"):
-        with pytest.raises(NotFound):
+        with pytest.raises(ObjectNotFound):
             m.User.objects.get(1)
         assert ids(m.User.objects.filter(age=3)) == [2]
     bad_key = ks.tagged("User", "data" if m.User.__layout__ == "hash" else "obj:1")

@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from pyramid_transient.connection import RedisManager, get_manager
-from pyramid_transient.exceptions import ConflictError, NotFound
+from pyramid_transient.exceptions import ConflictError, ObjectNotFound
 from pyramid_transient.models import RedisModel
 from pyramid_transient.testing import free_port
 
@@ -164,7 +164,7 @@ def test_filtered_objects_carry_their_version(m: SimpleNamespace) -> None:
 
 def test_on_commit_save_waits_for_the_commit(m: SimpleNamespace, txn: Any) -> None:
     m.Account(id=1, owner="ann").save(on_commit=True)
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         m.Account.objects.get(1)
     transaction.commit()
     assert m.Account.objects.get(1).owner == "ann"
@@ -175,7 +175,7 @@ def test_on_commit_save_is_dropped_on_abort(m: SimpleNamespace, txn: Any) -> Non
     transaction.abort()
     transaction.begin()
     transaction.commit()
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         m.Account.objects.get(1)
 
 
@@ -194,7 +194,7 @@ def test_on_commit_delete_waits_for_the_commit(m: SimpleNamespace, txn: Any) -> 
     account.delete(on_commit=True)
     assert m.Account.objects.get(1).owner == "ann"
     transaction.commit()
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         m.Account.objects.get(1)
 
 
@@ -364,7 +364,7 @@ def test_deferred_save_is_dropped_when_the_sql_commit_fails(m: SimpleNamespace, 
     with pytest.raises(sqlalchemy.exc.IntegrityError):
         transaction.commit()
     transaction.abort()
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         m.Account.objects.get(1)
 
 

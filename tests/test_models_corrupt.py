@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from pyramid_transient.connection import RedisManager
-from pyramid_transient.exceptions import CorruptData, NotFound
+from pyramid_transient.exceptions import CorruptData, ObjectNotFound
 from pyramid_transient.models import RedisModel
 
 RANDOM = random.Random(13).randbytes(40)  # the same bytes on every run
@@ -195,7 +195,7 @@ PLANTS: dict[str, Callable[[World, str], str]] = {
 def object_missing(w: World, key: str, caplog: pytest.LogCaptureFixture) -> None:
     """Object 10 reads as missing, with a WARNING naming its key; the next save replaces
     it; count() agrees with the reads."""
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         w.Victim.objects.get(10)
     assert len(warnings_naming(caplog, key)) == 1
     assert ids(w.Victim.objects.all()) == [20]
@@ -211,7 +211,7 @@ def object_missing(w: World, key: str, caplog: pytest.LogCaptureFixture) -> None
 def key_deleted(w: World, key: str, caplog: pytest.LogCaptureFixture) -> None:
     """The key is deleted with a WARNING naming it; the class's objects read as missing
     until saved again."""
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         w.Victim.objects.get(10)
     assert warnings_naming(caplog, key)
     assert w.Victim.objects.count() == 0
@@ -254,9 +254,9 @@ def record_ignored(w: World, key: str, caplog: pytest.LogCaptureFixture) -> None
 def entry_unlisted(w: World, key: str, caplog: pytest.LogCaptureFixture) -> None:
     """``all`` lists "1" instead of "10": object 10 is missing (nothing says it exists)
     until saved again; the stray entry reads as missing and is cleaned."""
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         w.Victim.objects.get(10)
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         w.Victim.objects.get(1)
     assert w.Victim.objects.count() == 1
     assert ids(w.Victim.objects.all()) == [20]

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pyramid_transient.exceptions import NotFound
+from pyramid_transient.exceptions import ObjectNotFound
 from pyramid_transient.models import Manager, RedisModel
 
 LAYOUTS = ["hash", "key"]
@@ -62,7 +62,7 @@ def test_fields_shadow_the_instance_shortcuts_and_the_manager_still_works(Odd: A
     Odd.objects.save(obj)
     assert Odd.objects.refresh(Odd(id=7)).count == 9
     assert Odd.objects.delete(obj) is True
-    with pytest.raises(NotFound):
+    with pytest.raises(ObjectNotFound):
         Odd.objects.get(7)
 
 

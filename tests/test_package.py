@@ -28,3 +28,23 @@ def test_importing_the_package_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [("NotFound", "ObjectNotFound"), ("LockError", "TreeLockError")]
+)
+def test_renamed_exceptions_keep_their_old_names_for_one_release_with_a_warning(
+    old: str, new: str
+) -> None:
+    import pyramid_transient
+    from pyramid_transient import exceptions
+
+    for module in (pyramid_transient, exceptions):
+        with pytest.warns(DeprecationWarning, match=rf"{old} is deprecated: use {new}"):
+            value = getattr(module, old)
+        assert value is getattr(exceptions, new)
+    # the new names read clearly beside Pyramid's and redis-py's
+    import pyramid.exceptions
+    import redis.exceptions
+
+    assert not hasattr(pyramid.exceptions, new) and not hasattr(redis.exceptions, new)

@@ -83,7 +83,7 @@ def _model_get(m: RedisManager) -> Any:
     Task.objects.bind(m)
     try:
         return Task.objects.get(1)
-    except KeyError:  # NotFound: the call reached Redis, which is all this needs
+    except KeyError:  # ObjectNotFound: the call reached Redis, which is all this needs
         return None
 
 

@@ -17,14 +17,14 @@ from .exceptions import (
     ConflictError,
     CorruptData,
     InvalidArgument,
-    LockError,
     LockNotOwned,
     LockTimeout,
     MultipleFound,
-    NotFound,
+    ObjectNotFound,
     SessionTooLarge,
     SessionUnavailable,
     TransientError,
+    TreeLockError,
     Unavailable,
     UnknownDatabase,
     UnknownRegion,
@@ -40,11 +40,10 @@ __all__ = [
     "ConflictError",
     "CorruptData",
     "InvalidArgument",
-    "LockError",
     "LockNotOwned",
     "LockTimeout",
     "MultipleFound",
-    "NotFound",
+    "ObjectNotFound",
     "Proxy",
     "RedisManager",
     "RedisModel",
@@ -52,6 +51,7 @@ __all__ = [
     "SessionUnavailable",
     "TransientError",
     "TransientSettings",
+    "TreeLockError",
     "Unavailable",
     "UnknownDatabase",
     "UnknownRegion",
@@ -97,6 +97,18 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    from .exceptions import DEPRECATED_NAMES
+
+    if name in DEPRECATED_NAMES:  # the old name warns, as the exceptions module's does
+        import warnings
+
+        from . import exceptions
+
+        new = DEPRECATED_NAMES[name]
+        warnings.warn(
+            f"pyramid_transient.{name} is deprecated: use {new}", DeprecationWarning, stacklevel=2
+        )
+        return getattr(exceptions, new)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'pyramid_transient' has no attribute {name!r}")

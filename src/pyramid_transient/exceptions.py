@@ -1,12 +1,16 @@
 """Exceptions raised by pyramid_transient.
 
 Every error we raise derives from :class:`TransientError`. Where callers expect a
-built-in type as well, the exception carries both identities (:class:`NotFound` is a
+built-in type as well, the exception carries both identities (:class:`ObjectNotFound` is a
 :class:`KeyError`, :class:`LockNotOwned` a :class:`ValueError`), as redis-py does for
-its ``LockError``.
+its ``LockError``. Names read clearly beside ``pyramid.exceptions`` and
+``redis.exceptions``: the old ``NotFound`` and ``LockError`` are deprecated aliases of
+:class:`ObjectNotFound` and :class:`TreeLockError`.
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 from pyramid.exceptions import ConfigurationError as PyramidConfigurationError
 
@@ -65,8 +69,9 @@ class CodecError(TransientError, ValueError):
     """A stored payload could not be decoded (corrupt, truncated or foreign)."""
 
 
-class LockError(TransientError):
-    """Base class of lock errors."""
+class TreeLockError(TransientError):
+    """Base class of the store's tree-lock errors (``LockError`` until 0.1: renamed so that
+    it reads clearly beside ``redis.exceptions.LockError``)."""
 
     def __init__(self, message: str, *, lock_name: str | None = None) -> None:
         super().__init__(message)
@@ -74,16 +79,17 @@ class LockError(TransientError):
         self.lock_name = lock_name
 
 
-class LockTimeout(LockError, TimeoutError):
+class LockTimeout(TreeLockError, TimeoutError):
     """A lock could not be acquired within its ``blocking_timeout``."""
 
 
-class LockNotOwned(LockError, ValueError):
+class LockNotOwned(TreeLockError, ValueError):
     """A lock was released or extended by an owner that does not hold it."""
 
 
-class NotFound(TransientError, KeyError):
-    """No stored object matches the lookup."""
+class ObjectNotFound(TransientError, KeyError):
+    """No stored object matches the lookup (``NotFound`` until 0.1: renamed so that it
+    reads clearly beside ``pyramid.exceptions.NotFound``, Pyramid's 404)."""
 
     def __str__(self) -> str:  # KeyError quotes its argument; a message reads better plain
         return str(self.args[0]) if self.args else ""
@@ -162,3 +168,21 @@ class UnknownMessageKind(TransientError, ValueError):
 
 class FullScanRefused(TransientError, ValueError):
     """A lookup of a strict model (``__strict__ = True``) would need to scan every object."""
+
+
+#: Names renamed in 0.1, still importable for one release with a DeprecationWarning.
+DEPRECATED_NAMES = {"NotFound": "ObjectNotFound", "LockError": "TreeLockError"}
+
+
+def __getattr__(name: str) -> type[TransientError]:
+    new = DEPRECATED_NAMES.get(name)
+    if new is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import warnings
+
+    warnings.warn(
+        f"pyramid_transient.exceptions.{name} is deprecated: use {new}",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return cast("type[TransientError]", globals()[new])

@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError
 from pyramid.httpexceptions import HTTPSeeOther
 from pyramid.renderers import render_to_response
 
-from ..exceptions import NotFound
+from ..exceptions import ObjectNotFound
 from ..models import RedisModel
 from . import inputs
 
@@ -93,7 +93,7 @@ def models_post(request: Any) -> Any:
         elif action in ("advance", "delete"):
             pk = request.POST.get("pk", "")
             if not pk or len(pk) > MAX_PK:
-                raise NotFound(pk[:MAX_PK])
+                raise ObjectNotFound(pk[:MAX_PK])
             task = DemoTask.objects.get(pk)
             if action == "advance":
                 task.status = NEXT[task.status]
@@ -107,7 +107,7 @@ def models_post(request: Any) -> Any:
         return _render_error(request, f"invalid task: {problems}")
     except inputs.FormError as exc:
         return _render_error(request, f"invalid task: {exc}")
-    except NotFound:
+    except ObjectNotFound:
         return _render_error(request, "that task does not exist any more")
     except ValueError as exc:
         return _render_error(request, str(exc))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from pydantic import ValidationError
 
 from ..binding import Binding, bind
-from ..exceptions import ConflictError, CorruptData, FullScanRefused, MultipleFound, NotFound
+from ..exceptions import ConflictError, CorruptData, FullScanRefused, MultipleFound, ObjectNotFound
 from ..keys import quote
 from ..transactions import after_commit
 from . import _keys as _keys_module
@@ -369,11 +369,11 @@ class Manager(Generic[M]):
 
     def refresh(self, obj: M) -> M:
         """Reload the fields of ``obj`` from Redis;
-        :class:`~pyramid_transient.exceptions.NotFound` if it is gone."""
+        :class:`~pyramid_transient.exceptions.ObjectNotFound` if it is gone."""
         pk = self.key_of(obj)
         fresh = self._get_pk(pk)
         if fresh is None:
-            raise NotFound(f"{self._name} {pk!r} does not exist (any more)")
+            raise ObjectNotFound(f"{self._name} {pk!r} does not exist (any more)")
         obj.__dict__.update(fresh.__dict__)
         object.__setattr__(obj, "__pydantic_fields_set__", set(fresh.model_fields_set))
         obj._version = fresh._version
@@ -397,7 +397,7 @@ class Manager(Generic[M]):
 
     def get(self, pk: Any) -> M:
         """The object with primary key ``pk`` (one round trip);
-        :class:`~pyramid_transient.exceptions.NotFound` if none.
+        :class:`~pyramid_transient.exceptions.ObjectNotFound` if none.
 
         ``pk`` is the ``id`` value, a tuple (or dict) of the ``__unique_together__`` values,
         or the generated :meth:`key_of`; values are coerced to the fields' types.
@@ -405,7 +405,7 @@ class Manager(Generic[M]):
         text = self._coerce_pk(pk)
         obj = self._get_pk(text)
         if obj is None:
-            raise NotFound(f"no {self._name} has primary key {pk!r}")
+            raise ObjectNotFound(f"no {self._name} has primary key {pk!r}")
         return obj
 
     match_for_pk = get
@@ -415,7 +415,7 @@ class Manager(Generic[M]):
 
         With the primary key (``pk=...``, when no field is called ``pk``, or every key
         field) it costs one round trip; otherwise as :meth:`filter`. Raises
-        :class:`~pyramid_transient.exceptions.NotFound` or
+        :class:`~pyramid_transient.exceptions.ObjectNotFound` or
         :class:`~pyramid_transient.exceptions.MultipleFound`.
         """
         meta = self._meta
@@ -432,16 +432,16 @@ class Manager(Generic[M]):
         conds = self._parse(rest)
         obj = self._get_pk(pk_value)
         if obj is None or not all(c.test(obj) for c in conds):
-            raise NotFound(f"no {self._name} matches {lookups!r}")
+            raise ObjectNotFound(f"no {self._name} matches {lookups!r}")
         return obj
 
     def match_for_values(self, **lookups: Any) -> M:
         """The one object :meth:`filter` finds;
-        :class:`~pyramid_transient.exceptions.NotFound` or
+        :class:`~pyramid_transient.exceptions.ObjectNotFound` or
         :class:`~pyramid_transient.exceptions.MultipleFound`."""
         found = self.filter(**lookups)
         if not found:
-            raise NotFound(f"no {self._name} matches {lookups!r}")
+            raise ObjectNotFound(f"no {self._name} matches {lookups!r}")
         if len(found) > 1:
             raise MultipleFound(f"{len(found)} {self._name} objects match {lookups!r}")
         return found[0]
