@@ -118,3 +118,20 @@ def test_model_save_get_and_filter(manager: RedisManager) -> None:
         assert sorted(i.id for i in Item.objects.filter(kind="a")) == [1, 3]
     finally:
         RedisModel.objects.unbind()
+
+
+def test_cache_tokens_read_and_invalidate(manager: RedisManager, caplog: Any) -> None:
+    # One token is read with SET NX GET EX (Redis 7+); Redis 6.2 refuses NX with GET, and
+    # the store then reads it with its script, on that client from then on.
+    import logging
+
+    from pyramid_transient.invalidation import row_identity, token_store
+
+    store = token_store(manager)
+    with caplog.at_level(logging.INFO, "pyramid_transient.invalidation"):
+        first = store.tokens([row_identity("t", 1)])
+        assert store.tokens([row_identity("t", 1)]) == first
+    refused = "refuses SET NX GET" in caplog.text
+    assert refused == (manager.get("cache").info("server")["redis_version"] < "7")
+    assert store.invalidate([row_identity("t", 1)])
+    assert store.tokens([row_identity("t", 1)]) != first

@@ -53,6 +53,13 @@ def _text(token: Any) -> bytes:
 _NO_SET_NX_GET: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
+class _SetNxGetRefused(Exception):
+    """The server answered ``SET ... NX GET`` with a syntax error (Redis before 7.0)."""
+
+
+_REFUSES_SET_NX_GET = {"syntax error": _SetNxGetRefused}
+
+
 class TokenStore:
     """Reads, creates and invalidates tokens in one Redis database.
 
@@ -130,12 +137,12 @@ class TokenStore:
             # execute_command skips set()'s argument checks.
             new = secrets.token_hex(12) + "-1"
             try:
-                token = client.execute_command(
-                    "SET", self.key(identities[0]), new, "NX", "GET", "EX", self.ttl, get=True
-                )
-            except redis.ResponseError as exc:
-                if "syntax error" not in str(exc).lower():
-                    raise
+                with self.binding.errors(script_errors=_REFUSES_SET_NX_GET):
+                    token = client.execute_command(
+                        "SET", self.key(identities[0]), new, "NX", "GET", "EX", self.ttl,
+                        get=True,
+                    )  # fmt: skip
+            except _SetNxGetRefused:
                 # Redis < 7.0 refuses NX with GET: this client reads with the script.
                 _NO_SET_NX_GET[client] = True
                 log.info("Redis refuses SET NX GET (before 7.0): tokens read by script")
