@@ -223,13 +223,24 @@ class Browser:
 
     def submit(self, button: Any) -> Page:
         """Click ``button`` (a form's submit button) and wait for the next page."""
-        from selenium.webdriver.support.expected_conditions import staleness_of
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.support.wait import WebDriverWait
 
         self._drain()
         old = self.driver.find_element("tag name", "html")
         button.click()
-        WebDriverWait(self.driver, 20).until(staleness_of(old))
+
+        def replaced(driver: Any) -> bool:
+            # selenium's staleness_of, also for the error Chromium answers when the old
+            # page is half torn down ("Node with given id does not belong to the
+            # document"), which is a WebDriverException, not a StaleElementReference.
+            try:
+                old.is_enabled()
+            except WebDriverException:
+                return True
+            return False
+
+        WebDriverWait(self.driver, 20).until(replaced)
         return self._landed()
 
     def _drain(self) -> None:

@@ -100,9 +100,10 @@ def walk_forms(browser: Any, method: str = "") -> Iterator[tuple[Any, Any, str]]
             form, button, label = rows[0]
             done.add(label)
             yield form, button, f"{urlsplit(url).path}: {label}"
-            # A redirect back to the page was a fresh GET of it; anything else is left.
-            if browser.visited[-1].url != url or browser.visited[-1].status != 200:
-                browser.open(url)
+            # Opened afresh before the next form, even after a redirect back to it: an
+            # element of a page Chromium was still replacing cannot be clicked ("node does
+            # not belong to the document", seen in a CI run).
+            browser.open(url)
 
 
 def first_button(browser: Any, form: Any) -> Any:
