@@ -21,6 +21,7 @@ from pyramid_transient.codec import encode
 from pyramid_transient.connection import RedisManager
 from pyramid_transient.exceptions import CorruptData, LockTimeout
 from pyramid_transient.store import Proxy, root, section
+from test_store_locks import other_owner
 
 DOC = {"a": "hello", "b": 2}
 
@@ -70,19 +71,8 @@ def env(transient_manager: RedisManager, caplog: Any) -> Env:
     return Env(transient_manager, client, sect, caplog)
 
 
-def in_another_thread(fn: Callable[[], Any]) -> Any:
-    box: list[Any] = []
-
-    def run() -> None:
-        try:
-            box.append(fn())
-        except Exception as exc:
-            box.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(10)
-    return box[0]
+# another owner of the lock: the same helper as the lock tests'
+in_another_thread = other_owner
 
 
 # ---------------------------------------------------------------------- data
