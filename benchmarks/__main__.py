@@ -849,15 +849,26 @@ def parsers(b: Bench, url: str) -> None:
         models[parser].objects.bind(client)
     fill_models(models["python"], 10_000)
     rows = sql_rows(100)
+
+    def safe_get(p: str) -> Fn:
+        safe = get_safe("bench.p", clients[p])
+        return lambda: safe.get("key")
+
+    def cache_key(p: str) -> Fn:
+        generator = CacheKeyGenerator(clients[p])
+        return lambda: generator("page", *rows)
+
+    def store_val(p: str) -> Fn:
+        proxy = section("parsed", redis=clients[p])
+        return lambda: proxy.get("doc").val()
+
     ops: dict[str, Callable[[str], Fn]] = {
         "PING": lambda p: ping_of(clients[p]),
-        "safe get": lambda p: (lambda s=get_safe("bench.p", clients[p]): s.get("key")),
+        "safe get": safe_get,
         "model get by pk": lambda p: lambda: models[p].objects.get(42),
         "model filter 100 of 10k": lambda p: lambda: models[p].objects.filter(group=7),
-        "cache_key over 100 rows": lambda p: (
-            lambda g=CacheKeyGenerator(clients[p]): g("page", *rows)
-        ),
-        "store val, 100 leaves": lambda p: (lambda s=section("parsed", redis=clients[p]): s.val()),
+        "cache_key over 100 rows": cache_key,
+        "store val, 100 leaves": store_val,
     }
     get_safe("bench.p", clients["python"])["key"] = VALUE
     section("parsed", redis=clients["python"]).set("doc", subtree(100))
@@ -881,13 +892,13 @@ def markdown(report: Report) -> str:
         f"{', --quick' if report.quick else ''}.",
         "",
         "| operation | peer | ours µs | peer µs | ratio | spread | goal | RT ours/peer "
-        "| wire (ours / RT × PING) |",
+        "| wire (ours / RT x PING) |",
         "|---|---|---:|---:|---:|---|---|---|---:|",
     ]
     for r in report.rows:
         out.append(
             f"| {r.name.strip()} | {r.peer} | {r.ours_us:,.1f} | {r.peer_us:,.1f} | "
-            f"**{r.ratio:.2f}** | {r.ratio_lo:.2f}–{r.ratio_hi:.2f} | {r.goal} | "
+            f"**{r.ratio:.2f}** | {r.ratio_lo:.2f} to {r.ratio_hi:.2f} | {r.goal} | "
             f"{r.ours_rt:g} / {r.peer_rt:g} | {r.wire:.2f} |"
         )
     if report.growth:
@@ -970,9 +981,7 @@ def main(argv: list[str] | None = None) -> int:
 
         parts = urlsplit(url)
         redicts_db = 9
-        redicts.Pool().reload(
-            {"host": parts.hostname, "port": parts.port, "database": redicts_db}
-        )
+        redicts.Pool().reload({"host": parts.hostname, "port": parts.port, "database": redicts_db})
         rows = sql_rows(1000)
 
         print("## side by side (ratio = peer's time / ours; > 1: we are faster)", flush=True)
