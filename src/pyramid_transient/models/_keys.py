@@ -93,6 +93,9 @@ class _Meta:
     #: ``str`` or ``int`` when the key is an optional ``id`` field (``id: str | None =
     #: None``) that gets a generated value on first use, else None.
     generated_id: type | None = None
+    #: ``int`` or ``str`` when the key is one field annotated exactly so: a key of exactly
+    #: that type needs no validation and no JSON to become its text (the fast path).
+    pk_plain: type | None = None
     id_blocks: _IdBlocks = dc_field(default_factory=_IdBlocks)
     #: What ``objects.bind()`` gave this class (subclasses look up their bases').
     binding: Binding | None = None

@@ -194,6 +194,10 @@ class Manager(Generic[M]):
 
     def _pk_text(self, values: Sequence[Any]) -> str:
         meta = self._meta
+        plain = meta.pk_plain
+        if plain is not None and type(values[0]) is plain:
+            # int: its JSON is its str(); str: stored as it is (what the loop below gives)
+            return quote(values[0] if plain is str else str(values[0]))
         parts = []
         for field, value, as_json in zip(meta.pk_fields, values, meta.pk_json, strict=True):
             if value is None:
@@ -216,6 +220,8 @@ class Manager(Generic[M]):
                     f"(a str), not {pk!r}"
                 )
             return pk
+        if meta.pk_plain is not None and type(pk) is meta.pk_plain:
+            return self._pk_text((pk,))  # exactly the field's type: nothing to coerce
         values: list[Any] | None
         if isinstance(pk, Mapping):
             values = [pk[f] for f in meta.pk_fields] if set(pk) >= set(meta.pk_fields) else None

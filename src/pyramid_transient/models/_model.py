@@ -264,6 +264,11 @@ class RedisModel(BaseModel, metaclass=_ModelClass):
             },
             names={},
             generated_id=_generated_id_type(pk_fields, fields),
+            pk_plain=(
+                fields[pk_fields[0]].annotation
+                if len(pk_fields) == 1 and fields[pk_fields[0]].annotation in (int, str)
+                else None
+            ),
         )
         cls.__transient_manager__ = Manager(cls)
 
