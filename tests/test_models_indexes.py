@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from pyramid_transient.connection import RedisManager
 from pyramid_transient.models import RedisModel
+from pyramid_transient.models import _manager as models_manager
 from pyramid_transient.models._encoding import _Cond
 
 
@@ -104,3 +105,95 @@ def test_startswith_finds_every_continuation(model: type[Prop], stored: str, pre
     model(id=1, s=stored).save()
     model(id=2, s="b").save()
     assert [o.id for o in model.objects.filter(s__startswith=prefix)] == [1]
+
+
+# ---------------------------------------------------------------------- paged filters
+
+
+@pytest.fixture
+def one_per_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Filters read the index one entry per call: every filter is paged."""
+    monkeypatch.setattr(models_manager, "FILTER_PAGE", 1)
+
+
+@pytest.mark.parametrize(("field", "op"), CASES, ids=[f"{f}__{op}" for f, op in CASES])
+def test_paged_filter_finds_what_a_full_check_finds(
+    model: type[Prop], field: str, op: str, one_per_page: None
+) -> None:
+    @settings(
+        max_examples=6,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(case=objects_and_value(field, op))
+    def check(case: Any) -> None:
+        rows, value = case
+        model.objects.delete_all()
+        saved = [model(**row).save() for row in rows]
+        cond = _Cond(field, op, model.objects._coerce(field, value, op))
+        expected = sorted(o.id for o in saved if cond.test(o))
+        found = [o.id for o in model.objects.filter(**{f"{field}__{op}": value})]
+        assert sorted(found) == expected  # each object once
+
+    check()
+
+
+def test_a_filter_reads_pages_of_filter_page_entries(
+    model: type[Prop], monkeypatch: pytest.MonkeyPatch, round_trips: Any
+) -> None:
+    for n in range(10):
+        model(id=n, i=7, s="x").save()
+    model(id=99, i=8, s="y").save()
+    with round_trips() as rt:
+        assert sorted(o.id for o in model.objects.filter(i=7)) == list(range(10))
+    pages = 1 if model.__layout__ == "hash" else 2  # + one MGET of the objects
+    assert rt.count == pages  # small: one page
+    monkeypatch.setattr(models_manager, "FILTER_PAGE", 4)
+    for lookup in ({"i": 7}, {"s": "x"}, {"i__in": [7, 8]}):
+        with round_trips() as rt:
+            found = sorted(o.id for o in model.objects.filter(**lookup))
+        assert found == sorted(range(10) if "i" in lookup or "s" in lookup else [*range(10), 99])
+        scripts = [c for c in rt.commands if c.startswith("EVALSHA")]
+        # 10 (or 11) entries in pages of 4: 3 pages, each reading at most 4 entries
+        assert len(scripts) == 3
+
+
+def test_objects_deleted_between_pages_never_hide_others(
+    model: type[Prop], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(12):
+        model(id=n, i=7, s="x").save()
+    monkeypatch.setattr(models_manager, "FILTER_PAGE", 3)
+    for lookup in ({"i": 7}, {"s": "x"}):
+        original = models_manager.Manager._collect
+        deleted: list[int] = []
+
+        def collect(
+            self: Any,
+            keys: Any,
+            reply: list[Any],
+            original: Any = original,
+            deleted: Any = deleted,
+        ) -> Any:
+            page = original(self, keys, reply)
+            if page and len(deleted) < 3:
+                # another client deletes the last object this page listed, and one not
+                # read yet: the walk goes on after the deleted one, skipping nothing
+                last = max(o.id for o in page)
+                ahead = [n for n in range(12) if n > last + 1 and n not in deleted]
+                for n in [last, *ahead[:1]]:
+                    model.objects.get(n).delete()
+                    deleted.append(n)
+            return page
+
+        monkeypatch.setattr(models_manager.Manager, "_collect", collect)
+        found = {o.id for o in model.objects.filter(**lookup)}
+        monkeypatch.setattr(models_manager.Manager, "_collect", original)
+        alive = {o.id for o in model.objects.all()}
+        assert alive <= found  # every object present for the whole filter is found
+        assert found <= set(range(12))
+        model.objects.delete_all()
+        for n in range(12):
+            model(id=n, i=7, s="x").save()

@@ -57,11 +57,12 @@ from typing import Any
 
 from ..exceptions import FullScanRefused
 from ._keys import ID_BLOCK
-from ._manager import PURGE_BATCH, SCAN_BATCH, Manager
+from ._manager import FILTER_PAGE, PURGE_BATCH, SCAN_BATCH, Manager
 from ._model import RESERVED, RedisModel
 from ._scripts import SCRIPTS
 
 __all__ = [
+    "FILTER_PAGE",
     "ID_BLOCK",
     "PURGE_BATCH",
     "RESERVED",

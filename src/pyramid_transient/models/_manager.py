@@ -27,12 +27,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pyramid_transient.models")
 
-__all__ = ["PURGE_BATCH", "SCAN_BATCH", "Manager"]
+__all__ = ["FILTER_PAGE", "PURGE_BATCH", "SCAN_BATCH", "Manager"]
 
 #: Objects each unindexed page (``all()``, ``exclude()``, unindexed ``filter()``) loads.
 SCAN_BATCH = 500
 #: Expired objects each save cleans up, so the hash layout never accumulates dead objects.
 PURGE_BATCH = 16
+#: The most index entries one call of a filter reads: a filter matching more is read in
+#: pages of this many, one round trip each, so that no filter holds the server (and every
+#: other client) for longer than one page takes (about 2 ms for 500 objects).
+FILTER_PAGE = 500
 #: Capability name in keys (``{prefix}:model:...``) and the named database used.
 CAPABILITY = "model"
 DATABASE = "models"
@@ -621,15 +625,32 @@ class Manager(Generic[M]):
 
     def _find(self, indexed: list[tuple[_Index, list[tuple[Any, Any]]]]) -> list[M]:
         keys = self._keys()
-        args: list[Any] = ["d" if self._meta.layout == "hash" else "p", len(indexed)]
+        conds: list[Any] = [FILTER_PAGE, len(indexed)]
         for idx, ranges in indexed:
-            args += [idx.field, "s" if idx.kind == "score" else "l", len(ranges)]
+            conds += [idx.field, "s" if idx.kind == "score" else "l", len(ranges)]
             for lo, hi in ranges:
-                args += [lo, hi]
-        reply, broken = self._call(keys, "find", keys.data, (), args)
-        if reply is None:
-            raise self._broken_index(broken[0])
-        return self._collect(keys, reply)
+                conds += [lo, hi]
+        mode = "d" if self._meta.layout == "hash" else "p"
+        cursor: list[Any] = ["0", "1", "", ""]  # choose the condition; its first range
+        found: list[M] | None = None
+        seen: set[str] = set()
+        while True:
+            reply, broken = self._call(keys, "find", keys.data, (), [mode, *cursor, *conds])
+            if reply is None:
+                raise self._broken_index(broken[0])
+            cursor, page = reply[:4], self._collect(keys, reply[4:])
+            done = cursor[1] == b"0"
+            if found is None and done:
+                return page  # one page: one round trip (two in the key layout)
+            if found is None:
+                found = []
+            for obj in page:  # an object re-saved between pages may be listed twice
+                pk = self.key_of(obj)
+                if pk not in seen:
+                    seen.add(pk)
+                    found.append(obj)
+            if done:
+                return found
 
     def _collect(self, keys: _Keys, reply: list[Any]) -> list[M]:
         out: list[M] = []
