@@ -459,8 +459,10 @@ class Manager(Generic[M]):
     def filter(self, **lookups: Any) -> list[M]:
         """Every object matching all lookups (``field=v``, ``field__gte=v``, ...).
 
-        With a lookup an index can serve: at most two round trips (one in the hash layout),
-        cost proportional to the entries of the most selective indexed lookup. Otherwise the
+        With a lookup an index can serve: at most two round trips (one in the hash layout)
+        per :data:`FILTER_PAGE` entries of the most selective indexed lookup, its cost
+        proportional to those entries; a filter larger than one page is not a snapshot
+        (an object written meanwhile may be seen in either state). Otherwise the
         class's own objects are iterated in batches of :data:`SCAN_BATCH`.
         """
         conds = self._parse(lookups)
