@@ -200,8 +200,7 @@ class Manager(Generic[M]):
         meta = self._meta
         plain = meta.pk_plain
         if plain is not None and type(values[0]) is plain:
-            # int: its JSON is its str(); str: stored as it is (what the loop below gives)
-            return quote(values[0] if plain is str else str(values[0]))
+            return quote(str(values[0]))  # int: its JSON is its str(); str: itself
         parts = []
         for field, value, as_json in zip(meta.pk_fields, values, meta.pk_json, strict=True):
             if value is None:

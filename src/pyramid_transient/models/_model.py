@@ -265,7 +265,7 @@ class RedisModel(BaseModel, metaclass=_ModelClass):
             names={},
             generated_id=_generated_id_type(pk_fields, fields),
             pk_plain=(
-                fields[pk_fields[0]].annotation
+                cast(type, fields[pk_fields[0]].annotation)
                 if len(pk_fields) == 1 and fields[pk_fields[0]].annotation in (int, str)
                 else None
             ),
