@@ -74,6 +74,10 @@ __all__ = [
     "make_regions",
 ]
 
+#: JSON's own C function for a string's text (what ``json.dumps(text, ensure_ascii=False)``
+#: returns, without building an encoder at every call).
+_quoted: Callable[[str], str] = json.encoder.encode_basestring
+
 _PLAIN = frozenset({str, int, float, bool, type(None), list, tuple, dict})
 _VALUES = (
     str, int, float, list, tuple, dict, set, frozenset, bytes, Decimal,
@@ -103,7 +107,7 @@ def _canonical(value: Any, depth: int = 0) -> str:
         return "F"
     cls = type(value)
     if cls is str:
-        return json.dumps(value, ensure_ascii=False)
+        return _quoted(value)  # json.dumps(value, ensure_ascii=False), without its set-up
     if cls is int:
         return f"i{value}"
     if cls is float:

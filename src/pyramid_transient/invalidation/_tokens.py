@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import redis
 
+from ..binding import Translating
 from ..connection import Binding, bind
 from ..exceptions import InvalidArgument
 from ..keys import KeySpace
@@ -123,24 +124,29 @@ class TokenStore:
     def _read(self, identities: Sequence[str], *, digest: bool) -> Any:
         # The spine's vocabulary: Unavailable for an outage, CorruptData for a token key
         # that holds another type.
-        with self.binding.errors(self.key(identities[0]) if len(identities) == 1 else None):
+        with Translating(
+            self.binding.name, self.key(identities[0]) if len(identities) == 1 else None
+        ):
             return self._read_tokens(identities, digest=digest)
 
     def _read_tokens(self, identities: Sequence[str], *, digest: bool) -> Any:
-        client = self.client  # first: a client that cannot be built must not drop a retry
-        waiting = waiting_in(self.target, self.binding.name)
+        binding = self.binding
+        manager = binding.manager
+        # first: a client that cannot be built must not drop a retry
+        client = binding._client if manager is None else manager.get(binding.name)
+        waiting = waiting_in(client if manager is None else manager, binding.name)
         retried = waiting.take() if waiting is not None else []
         if len(identities) == 1 and not retried and client not in _NO_SET_NX_GET:
+            key = f"{self._base}:{self._tag}:{identities[0]}"  # self.key(), inlined
             # One token, the common case: SET NX GET EX answers the existing token and
             # leaves it (and its time to live) alone, or sets ours with the time to live
             # and answers nil. One plain command costs the server a tenth of a script call.
             # execute_command skips set()'s argument checks.
             new = secrets.token_hex(12) + "-1"
             try:
-                with self.binding.errors(script_errors=_REFUSES_SET_NX_GET):
+                with Translating(binding.name, key, _REFUSES_SET_NX_GET):
                     token = client.execute_command(
-                        "SET", self.key(identities[0]), new, "NX", "GET", "EX", self.ttl,
-                        get=True,
+                        "SET", key, new, "NX", "GET", "EX", self.ttl, get=True
                     )  # fmt: skip
             except _SetNxGetRefused:
                 # Redis < 7.0 refuses NX with GET: this client reads with the script.
