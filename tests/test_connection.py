@@ -297,3 +297,60 @@ def test_sentinel_url_for_brackets_ipv6_hosts() -> None:
         {"transient.sentinel.service": "mymaster", "transient.sentinel.nodes": "[::1]:26379"}
     )
     assert manager.url_for() == "sentinel://[::1]:26379/0"
+
+
+def test_single_commands_take_the_lean_path_with_redis_pys_replies(
+    transient_manager: RedisManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = transient_manager.get("default")
+    plain = redis.Redis(connection_pool=client.connection_pool)  # redis-py's own path
+    taken: list[str] = []
+    lean = type(client)._send_lean
+
+    def spy(self: object, *args: object, **options: object) -> object:
+        taken.append(str(args[0]))
+        return lean(self, *args, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(client), "_send_lean", spy)
+    base = f"lean:{uuid.uuid4().hex}"
+
+    def calls(c: redis.Redis, k: str) -> list[object]:
+        return [
+            c.set(k, "v"),
+            c.set(k, "w", nx=True, get=True),
+            c.set(k, "w", get=True),
+            c.get(k),
+            c.hset(k + "h", "f", "1"),
+            c.hgetall(k + "h"),
+            c.exists(k, k + "h"),
+            c.hget(k + "h", "nope"),
+            c.delete(k, k + "h"),
+        ]
+
+    replies = {"ours": calls(client, base + ":ours"), "redis-py": calls(plain, base + ":py")}
+    assert len(taken) == 9
+    assert replies["ours"][5] == replies["redis-py"][5] == {b"f": b"1"}
+    assert replies["ours"] == replies["redis-py"]
+    assert client.ping() is True and client.info("server")["redis_version"]
+    assert len(taken) == 11
+    with pytest.raises(redis.ResponseError):  # an error reply leaves the connection usable
+        client.execute_command("HGET", base)
+    assert client.ping() is True
+
+
+def test_clients_the_lean_path_does_not_fit_take_redis_pys(transient_redis_url: str) -> None:
+    from pyramid_transient.connection import TransientRedis
+
+    retrying = TransientRedis.from_url(transient_redis_url)  # redis-py's default retries
+    single = TransientRedis.from_url(
+        transient_redis_url, single_connection_client=True, retry=redis.retry.Retry(
+            redis.backoff.NoBackoff(), 0
+        )
+    )  # fmt: skip
+    try:
+        for client in (retrying, single):
+            assert client.ping() is True
+            assert client._lean is False
+    finally:
+        retrying.close()
+        single.close()
