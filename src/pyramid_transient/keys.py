@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 _QUOTE_RE = re.compile(r"[%:{}\x00-\x20\x7f]")
 _GLOB_RE = re.compile(r"([*?\[\]\\])")
@@ -34,6 +35,12 @@ def glob_escape(text: str) -> str:
     return _GLOB_RE.sub(r"\\\1", text)
 
 
+@lru_cache(maxsize=4096)
+def _hash_tag(tag: str) -> str:
+    # Tags are few (section, safe, model class names) and used on every call: quoted once.
+    return "{" + quote(tag) + "}"
+
+
 @dataclass(frozen=True)
 class KeySpace:
     """The keys of one capability in one named database.
@@ -49,7 +56,7 @@ class KeySpace:
     capability: str
     namespace: str = ""
 
-    @property
+    @cached_property
     def base(self) -> str:
         """Everything before the capability's own parts, capability included."""
         return ":".join(p for p in (self.prefix, self.namespace, self.capability) if p)
@@ -64,7 +71,7 @@ class KeySpace:
         Keys built with the same tag land on the same slot, so one command or Lua script
         may touch them together on a Cluster.
         """
-        return ":".join((self.base, "{" + quote(tag) + "}", *parts))
+        return ":".join((self.base, _hash_tag(tag), *parts))
 
     def pattern(self, *parts: str) -> str:
         """A ``SCAN MATCH`` pattern for every key below ``parts`` (escaped, then ``*``)."""

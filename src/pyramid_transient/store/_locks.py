@@ -7,6 +7,7 @@ import random
 import secrets
 import threading
 import time
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from ..exceptions import CorruptData, LockNotOwned, LockTimeout
@@ -129,7 +130,19 @@ class Lock:
         return f"<Lock {self.path!r}>"
 
     def _keys(self) -> list[str]:
-        return self._binding.lock_keys(self._section)
+        # The lock's keys and script errors are fixed with its binding: built once.
+        keys: list[str] | None = self.__dict__.get("_lock_keys")
+        if keys is None:
+            keys = self._lock_keys = self._binding.lock_keys(self._section)
+        return keys
+
+    def _errors(self) -> Mapping[str, Callable[[], Exception]]:
+        errors: Mapping[str, Callable[[], Exception]] | None = self.__dict__.get("_lock_errors")
+        if errors is None:
+            errors = self._lock_errors = self._binding.lock_errors(
+                self._section, self._node, self.path
+            )
+        return errors
 
     @property
     def token(self) -> int | None:
@@ -174,7 +187,7 @@ class Lock:
         binding = self._binding
         keys = self._keys()
         args: list[Any] = [self._node, owner, self._timeout_ms]
-        errors = binding.lock_errors(self._section, self._node, self.path)
+        errors = self._errors()
         while True:
             ok, value = binding.run("acquire", keys, args, errors)
             if ok == 1:
