@@ -853,6 +853,27 @@ def test_get_is_one_round_trip(m: SimpleNamespace, unrelated_keys: None, round_t
     assert rt.count == 1
 
 
+def test_get_of_a_sound_class_checks_no_key_types(
+    m: SimpleNamespace, transient_manager: RedisManager
+) -> None:
+    # get reads first and checks its keys' types only when a read fails (prelude.lua):
+    # the repairs of a key of the wrong type are the corrupt-data tests'
+    m.User(id=1, name="Ann").save()
+    client = transient_manager.get("models")
+
+    def types() -> int:
+        return int(client.info("commandstats").get("cmdstat_type", {}).get("calls", 0))
+
+    m.User.objects.get(1)
+    before = types()
+    for _ in range(3):
+        m.User.objects.get(1)
+    with pytest.raises(ObjectNotFound):
+        m.User.objects.get(2)
+    # the key layout reads the object key's type (a value of another type reads as missing)
+    assert types() - before == (0 if m.User.__layout__ == "hash" else 3)
+
+
 def test_indexed_filter_round_trips_with_unrelated_keys(
     people: SimpleNamespace, unrelated_keys: None, round_trips: Any
 ) -> None:

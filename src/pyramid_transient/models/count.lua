@@ -4,6 +4,7 @@
 -- ARGV[base]  key layout: the objects' key prefix (the key of pk is prefix .. pk; it has
 --             the class's hash tag, so it is in the slot of KEYS); hash layout: ''
 -- Returns an integer.
+prepare()  -- the keys' types checked (prelude.lua)
 local prefix = ARGV[base]
 local n = 0
 local pks = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')

@@ -4,6 +4,7 @@
 -- ARGV[base+1 ..] (pk, the version the caller read or '') pairs; key layout: KEYS[4+n ..] are
 --                 the objects' keys, in the same order
 -- Returns {1, number of live objects deleted}, or {0, current version} when 'check' failed.
+prepare()  -- the keys' types checked (prelude.lua)
 local mode = ARGV[base]
 local removed, n = 0, 0
 for i = base + 1, #ARGV, 2 do

@@ -16,6 +16,7 @@
 -- Returns false (and the index in broken) when a condition's index has the wrong type.
 -- Paging goes on from the last entry read (by its rank, or after it for a lexical index),
 -- not from an offset, so entries removed meanwhile never make the walk skip others.
+prepare()  -- the keys' types checked (prelude.lua)
 local with_data = ARGV[base] == 'd'
 local chosen = tonumber(ARGV[base + 1])
 local r = tonumber(ARGV[base + 2])

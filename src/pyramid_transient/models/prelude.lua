@@ -30,16 +30,24 @@ local function expect(key, kind)
   end
 end
 
-expect(KEYS[1], 'zset')
-expect(KEYS[2], 'hash')
-if hashed then expect(KEYS[3], 'hash') end
+-- The checks of the class's keys' types (and the index table): every script calls
+-- prepare() before it reads, except get, which calls it only when a read fails or before
+-- it cleans up, so a plain read costs no TYPE calls.
 local index = {}
-for i = 1, nidx do
-  local found = kind_of(KEYS[3 + i])
-  if found == 'none' or found == 'zset' then
-    index[ARGV[2 + i]] = KEYS[3 + i]
-  else
-    broken[#broken + 1] = KEYS[3 + i]
+local prepared = false
+local function prepare()
+  if prepared then return end
+  prepared = true
+  expect(KEYS[1], 'zset')
+  expect(KEYS[2], 'hash')
+  if hashed then expect(KEYS[3], 'hash') end
+  for i = 1, nidx do
+    local found = kind_of(KEYS[3 + i])
+    if found == 'none' or found == 'zset' then
+      index[ARGV[2 + i]] = KEYS[3 + i]
+    else
+      broken[#broken + 1] = KEYS[3 + i]
+    end
   end
 end
 
@@ -56,6 +64,7 @@ local function version_of(rec)
 end
 
 local function unindex(pk)
+  prepare()
   local rec = redis.call('HGET', KEYS[2], pk)
   local pos = rec and string.find(rec, '|', 1, true)
   if not pos then return end
@@ -77,6 +86,7 @@ local function unindex(pk)
 end
 
 local function drop(pk)
+  prepare()
   unindex(pk)
   redis.call('HDEL', KEYS[2], pk)
   redis.call('ZREM', KEYS[1], pk)

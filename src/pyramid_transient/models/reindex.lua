@@ -2,6 +2,7 @@
 -- keeping each object's version and deadline.
 -- ARGV[base ..]  per object: pk, the number k of its entries, then k (field, member, score)
 -- Returns the number of objects indexed.
+prepare()  -- the keys' types checked (prelude.lua)
 local n, i = 0, base
 while i <= #ARGV do
   local pk, k = ARGV[i], tonumber(ARGV[i + 1])

@@ -6,6 +6,7 @@
 -- ARGV[base+4]   how many expired objects of the class to clean up on the way
 -- ARGV[base+5 ..] (field, member, score) per index entry
 -- Returns {1, new version}, or {0, current version} when the check failed.
+prepare()  -- the keys' types checked (prelude.lua)
 local limit = tonumber(ARGV[base + 4])
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
 for _, old in ipairs(stale) do drop(old) end
