@@ -259,3 +259,47 @@ def test_an_int_too_long_for_json_text_is_refused_with_typeerror() -> None:
     with pytest.raises(TypeError, match="cannot store this int"):
         codec.check({"n": 10**5000})
     assert codec.decode(codec.encode(10**4000)) == 10**4000
+
+
+@settings(max_examples=300, deadline=None)
+@given(values)
+def test_values_needing_no_tags_encode_as_the_tagging_walk_would(value: Any) -> None:
+    # the fast path (the value as it is) and the walk give the same bytes, and decode back
+    tree = codec._to_json(value)
+    try:
+        walked = codec._ENCODER.encode(tree).encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: both take the ASCII encoder
+        walked = codec._ASCII_ENCODER.encode(tree).encode("ascii")
+    assert codec.encode(value) == walked
+
+
+def test_a_plain_value_is_encoded_and_decoded_without_the_tagging_walk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def walk(*args: Any) -> Any:
+        raise AssertionError("walked")
+
+    plain = {"user": 42, "tags": ["a", "b"], "ratio": 0.5, "name": "Zoë", "n": None}
+    data = codec.encode(plain)
+    monkeypatch.setattr(codec, "_to_json", walk)
+    monkeypatch.setattr(codec._DECODER, "object_hook", walk)
+    assert codec.encode(plain) == data
+    assert codec.decode(data) == plain
+
+
+@pytest.mark.parametrize(
+    "value",
+    [(1, 2), [1, (2,)], {1: "a"}, {"__t__": 1, "v": 2}, {"a": {b"x"}}, float("nan"), [1.5e400]],
+)
+def test_values_that_need_tags_still_get_them(value: Any) -> None:
+    decoded = codec.decode(codec.encode(value))
+    if isinstance(value, float) and math.isnan(value):
+        assert math.isnan(decoded)
+    else:
+        assert decoded == value and type(decoded) is type(value)
+
+
+def test_an_escaped_tag_key_is_still_read_as_a_tag() -> None:
+    assert codec.decode(r'{"\u005f_t__": "tuple", "v": [1]}') == (1,)
+    with pytest.raises(CodecError):
+        codec.decode(r'{"\u005f_t__": "nope", "v": [1]}')

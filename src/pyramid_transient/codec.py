@@ -143,6 +143,34 @@ def _dict_to_json(value: dict[Any, Any], depth: int) -> Any:
     )
 
 
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is JSON as it is: exact str, int, finite float, bool, None, lists
+    and str-keyed dicts without the tag key. Such a value needs no tags, so it is encoded
+    as it is, without building a tagged copy (a check, no allocation)."""
+    cls = type(value)
+    if cls is str or value is None or value is True or value is False:
+        return True
+    if cls is int:
+        return value.bit_length() < 13_000
+    if cls is float:
+        return math.isfinite(value)
+    if depth >= MAX_DEPTH:
+        return False  # _to_json says why
+    if cls is list:
+        for item in value:  # noqa: SIM110 (a loop: no generator frame per item)
+            if not _plain(item, depth + 1):
+                return False
+        return True
+    if cls is dict:
+        if TAG in value:
+            return False
+        for key, item in value.items():
+            if type(key) is not str or not _plain(item, depth + 1):
+                return False
+        return True
+    return False
+
+
 def check(value: Any) -> None:
     """Raise :class:`TypeError` if ``value`` cannot be stored; write nothing."""
     _to_json(value)
@@ -158,7 +186,7 @@ _ASCII_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allo
 
 def encode(value: Any) -> bytes:
     """Encode ``value``; raises :class:`TypeError` for a value of an unsupported type."""
-    tree = _to_json(value)
+    tree = value if _plain(value) else _to_json(value)
     try:
         return _ENCODER.encode(tree).encode("utf-8")
     except UnicodeEncodeError:
@@ -253,9 +281,12 @@ def decode(data: bytes | str) -> Any:
     """Decode a payload made by :func:`encode`; raises
     :class:`~pyramid_transient.exceptions.CodecError` if it is not one."""
     try:
-        return _DECODER.decode(
-            data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-        )
+        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        # Without the tag's text and without \u escapes (which could spell it), no object
+        # of the payload is tagged: the plain decoder, without a Python hook per object.
+        if TAG not in text and "\\u" not in text:
+            return _PLAIN_DECODER.decode(text)
+        return _DECODER.decode(text)
     except CodecError:
         raise
     except (ValueError, TypeError, RecursionError) as exc:
@@ -267,3 +298,4 @@ def _refuse_constant(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(object_hook=_untag, parse_constant=_refuse_constant)
+_PLAIN_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
