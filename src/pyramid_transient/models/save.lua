@@ -21,8 +21,11 @@ if ARGV[base + 3] ~= '' and tonumber(ARGV[base + 3]) ~= current then
 end
 unindex(pk)
 -- after the clean-ups, which may have emptied (so deleted) keys that are now recreated
+-- (only an expiring save needs to know: a key it creates gets the object's deadline)
 local existed = {}
-for i = 1, 3 + nidx do existed[i] = redis.call('EXISTS', KEYS[i]) == 1 end
+if ARGV[base + 2] ~= '' then
+  for i = 1, 3 + nidx do existed[i] = redis.call('EXISTS', KEYS[i]) == 1 end
+end
 local seq = redis.call('HGET', KEYS[2], '\0seq')
 if seq and not (string.match(seq, '^%d+$') and #seq < 19) then
   -- not a counter we wrote (HINCRBY would fail): start again as a new one
