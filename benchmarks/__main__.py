@@ -235,17 +235,19 @@ def fill_unrelated(client: Any, count: int, prefix: str = "unrelated") -> None:
     pipe.execute()
 
 
-def manager_for(url: str) -> Any:
+def manager_for(url: str, shift: int = 0) -> Any:
+    """Our manager; ``shift`` moves every database (8: the growth table's twin, which
+    holds the unrelated data)."""
     from pyramid_transient.connection import RedisManager
 
     return RedisManager.from_settings(
         {
             "transient.url": url,
             "transient.key_prefix": "bench",
-            "transient.db.cache": "1",
-            "transient.db.store": "2",
-            "transient.db.models": "3",
-            "transient.db.safe": "4",
+            "transient.db.cache": str(1 + shift),
+            "transient.db.store": str(2 + shift),
+            "transient.db.models": str(3 + shift),
+            "transient.db.safe": str(4 + shift),
         }
     )
 
@@ -366,12 +368,12 @@ def model_rows(b: Bench, manager: Any, url: str) -> None:
         return rng.randrange(n)
 
     # redis-om: pydantic HashModel, plain HSET / HGETALL (no RediSearch needed for these)
-    os.environ.setdefault("REDIS_OM_URL", f"{url}/10")
+    os.environ.setdefault("REDIS_OM_URL", f"{url}/26")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from redis_om import HashModel
 
-    om_client = redis.Redis.from_url(f"{url}/10", decode_responses=True)
+    om_client = redis.Redis.from_url(f"{url}/26", decode_responses=True)
 
     class OmPerson(HashModel, index=True):  # type: ignore[call-arg]
         name: str
@@ -384,15 +386,15 @@ def model_rows(b: Bench, manager: Any, url: str) -> None:
     # redis-schematics: hash layout (HSET/HGET) and simple layout (filter by KEYS)
     from bench_models import schematics_classes
 
-    schem_client = redis.Redis.from_url(f"{url}/11")
-    simple_client = redis.Redis.from_url(f"{url}/12")
+    schem_client = redis.Redis.from_url(f"{url}/27")
+    simple_client = redis.Redis.from_url(f"{url}/28")
     SchemHash, SchemSimple = schematics_classes(schem_client)
     SchemSimple.__redis_client__ = simple_client
 
     # walrus: indexed models on plain Redis
     from walrus import Database, IntegerField, Model, TextField
 
-    walrus_db = Database.from_url(f"{url}/13")
+    walrus_db = Database.from_url(f"{url}/29")
 
     class WalrusPerson(Model):  # type: ignore[misc]
         __database__ = walrus_db
@@ -611,18 +613,18 @@ def lock_rows(b: Bench, manager: Any) -> None:
 # -- sessions
 
 
-def session_apps(url: str) -> tuple[Any, Any]:
+def session_apps(url: str, shift: int = 0) -> tuple[Any, Any]:
     from bench_sessions import make_app
 
     upstream = make_app(
         lambda config: config.include("pyramid_session_redis"),
-        {"redis.sessions.secret": SECRET, "redis.sessions.redis_url": f"{url}/6"},
+        {"redis.sessions.secret": SECRET, "redis.sessions.redis_url": f"{url}/22"},
     )
     ours = make_app(
         lambda config: config.include("pyramid_transient.sessions"),
         {
             "transient.url": url,
-            "transient.db.sessions": "5",
+            "transient.db.sessions": str(5 + shift),
             "transient.key_prefix": "bench",
             "redis.sessions.secret": SECRET,
         },
@@ -652,15 +654,20 @@ def session_rows(b: Bench, url: str) -> None:
 
 
 def growth(b: Bench, manager: Any, rows: list[Any], url: str, huge: bool) -> None:
+    """Cost against size; each size measured interleaved in two databases, one empty but
+    for the operation's own data, one that also holds unrelated data."""
     from pyramid_transient import get_manager
     from pyramid_transient.cache import CacheKeyGenerator
     from pyramid_transient.store import section
 
-    def per_op(fn: Fn) -> float:
-        times = interleaved({"x": fn}, max(3, b.s.rounds // 2), b.s.slice_s)["x"]
-        return statistics.median(times) * 1e6
+    twin = manager_for(url, 8)  # the same keys, in databases that hold unrelated data
 
-    def record(what: str, size: int, unit: str, empty: float, full: float, extra: str) -> None:
+    def pair(empty: Fn, full: Fn) -> tuple[float, float]:
+        times = interleaved({"empty": empty, "full": full}, max(3, b.s.rounds // 2), b.s.slice_s)
+        return statistics.median(times["empty"]) * 1e6, statistics.median(times["full"]) * 1e6
+
+    def record(what: str, size: int, unit: str, us: tuple[float, float], extra: str) -> None:
+        empty, full = us
         entry = {
             "operation": what,
             "size": size,
@@ -677,72 +684,80 @@ def growth(b: Bench, manager: Any, rows: list[Any], url: str, huge: bool) -> Non
             flush=True,
         )
 
-    # store subtree reads, K leaves; then the same with unrelated keys
+    # store subtree reads, K leaves
     if b.wanted("growth store"):
-        client = manager.get("store")
-        client.flushdb()
+        fill_unrelated(twin.get("store"), 100_000)
         sizes = (1, 10, 100, 1000)
         proxies = {}
+        for m in (manager, twin):
+            for k in sizes:
+                proxies[m, k] = section(f"grow{k}", redis=m)
+                proxies[m, k].set("doc", subtree(k))
+        section("other", redis=twin).set("doc", subtree(1000))  # an unrelated subtree
         for k in sizes:
-            proxies[k] = section(f"grow{k}", redis=manager)
-            proxies[k].set("doc", subtree(k))
-        empty = {k: per_op(lambda p=proxies[k]: p.get("doc").val()) for k in sizes}
-        fill_unrelated(client, 100_000)
-        section("other", redis=manager).set("doc", subtree(1000))  # an unrelated subtree
-        for k in sizes:
-            full = per_op(lambda p=proxies[k]: p.get("doc").val())
-            record("store subtree val", k, "K", empty[k], full, "100k unrelated keys")
-        client.flushdb()
+            us = pair(
+                lambda p=proxies[manager, k]: p.get("doc").val(),
+                lambda p=proxies[twin, k]: p.get("doc").val(),
+            )
+            record("store subtree val", k, "K", us, "100k unrelated keys")
+        for m in (manager, twin):
+            m.get("store").flushdb()
 
     if b.wanted("growth cache_key"):
-        client = manager.get("cache")
-        generator = CacheKeyGenerator(manager)
-        sizes = (1, 10, 100, 1000)
-        empty = {n: per_op(lambda x=rows[:n]: generator("page", *x)) for n in sizes}
-        fill_unrelated(client, 100_000, "bench:token:{tokens}:unrelated")
-        for n in sizes:
-            full = per_op(lambda x=rows[:n]: generator("page", *x))
-            record("cache_key", n, "N", empty[n], full, "100k unrelated tokens")
-        client.flushdb()
+        fill_unrelated(twin.get("cache"), 100_000, "bench:token:{tokens}:unrelated")
+        generators = CacheKeyGenerator(manager), CacheKeyGenerator(twin)
+        for n in (1, 10, 100, 1000):
+            us = pair(
+                lambda x=rows[:n]: generators[0]("page", *x),
+                lambda x=rows[:n]: generators[1]("page", *x),
+            )
+            record("cache_key", n, "N", us, "100k unrelated tokens")
+        for m in (manager, twin):
+            m.get("cache").flushdb()
 
     if b.wanted("growth filter"):
         sizes = [1_000, 10_000] + ([1_000_000] if huge else [])
+        other = filter_class(10_000, "Other")
+        other.objects.bind(twin)
+        fill_models(other, 10_000)  # another class's objects, in the twin's database only
         for n in sizes:
-            cls = filter_class(n)
-            cls.objects.bind(manager)
-            fill_models(cls, n)
-            client = manager.get("models")
-            empty = per_op(lambda c=cls: c.objects.filter(group=7))
-            other = filter_class(n, "Other")
-            other.objects.bind(manager)
-            fill_models(other, 10_000)
-            full = per_op(lambda c=cls: c.objects.filter(group=7))
-            pause = worst_pause(client, lambda c=cls: c.objects.filter(group=7))
-            record(f"model filter 1% of {n:,}", n // GROUPS, "match", empty, full,
+            alone, beside = filter_class(n), filter_class(n, "Twin")
+            alone.objects.bind(manager)
+            beside.objects.bind(twin)
+            fill_models(alone, n)
+            fill_models(beside, n)
+            us = pair(
+                lambda c=alone: c.objects.filter(group=7),
+                lambda c=beside: c.objects.filter(group=7),
+            )
+            pause = worst_pause(manager.get("models"), lambda c=alone: c.objects.filter(group=7))
+            record(f"model filter 1% of {n:,}", n // GROUPS, "match", us,
                    "10k objects of another class")  # fmt: skip
             b.report.pauses.append(
                 {"objects": n, "matching": n // GROUPS, "worst_pause_ms": pause}
             )
-            client.flushdb()
+            alone.objects.delete_all()
+            beside.objects.delete_all()
+        for m in (manager, twin):
+            m.get("models").flushdb()
 
     if b.wanted("growth session"):
         from bench_sessions import Client
 
-        ours_app, _ = session_apps(url)
-        client = get_manager(ours_app.registry).get("sessions")
-        client.flushdb()
-        browser = Client(ours_app, "/rw")
-        empty = per_op(browser)
-        pipe = client.pipeline(transaction=False)
+        (ours_app, _), (twin_app, _) = session_apps(url), session_apps(url, 8)
+        full_client = get_manager(twin_app.registry).get("sessions")
+        pipe = full_client.pipeline(transaction=False)
         payload = b"x" * 200
         for i in range(100_000):
             pipe.set(f"bench:session:{secrets.token_urlsafe(32)}", payload, ex=3600)
             if i % 5000 == 4999:
                 pipe.execute()
         pipe.execute()
-        full = per_op(browser)
-        record("session read + write", 1, "request", empty, full, "100k live sessions")
-        client.flushdb()
+        us = pair(Client(ours_app, "/rw"), Client(twin_app, "/rw"))
+        record("session read + write", 1, "request", us, "100k live sessions")
+        full_client.flushdb()
+        get_manager(ours_app.registry).get("sessions").flushdb()
+    twin.close()
 
 
 _FILTER_CLASSES: dict[str, type] = {}
@@ -759,6 +774,8 @@ def filter_class(n: int, kind: str = "Filter") -> type:
             {
                 "__annotations__": {"id": int, "name": str, "age": int, "group": int},
                 "__indexes__": ("group",),
+                # the twin of a class has its keys (in the twin's databases)
+                "__storage_name__": f"Filter{n}" if kind == "Twin" else name,
             },
         )
     return _FILTER_CLASSES[name]
@@ -935,11 +952,62 @@ def markdown(report: Report) -> str:
     return "\n".join(out) + "\n"
 
 
+def rst(report: Report) -> str:
+    """The tables as reStructuredText list-tables (for docs/performance.rst)."""
+
+    def table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+        out = [f".. list-table:: {title}", "   :header-rows: 1", ""]
+        for row in [header, *rows]:
+            out.append(f"   * - {row[0]}")
+            out += [f"     - {cell}" for cell in row[1:]]
+        return [*out, ""]
+
+    out = [
+        f"Python {report.python}, {report.redis}, {report.pinned}, hiredis "
+        f"{'installed' if report.hiredis else 'not installed'}"
+        f"{', --quick' if report.quick else ''}; {report.started}.",
+        "",
+    ]
+    out += table(
+        "Side by side (ratio: the peer's time over ours; above 1, we are faster)",
+        ["operation", "peer", "ours µs", "peer µs", "ratio", "spread", "goal",
+         "round trips ours / peer", "ours / (RT x PING)"],
+        [[r.name.strip(), r.peer, f"{r.ours_us:,.1f}", f"{r.peer_us:,.1f}",
+          f"**{r.ratio:.2f}**", f"{r.ratio_lo:.2f} to {r.ratio_hi:.2f}", r.goal or "",
+          f"{r.ours_rt:g} / {r.peer_rt:g}", f"{r.wire:.2f}"] for r in report.rows],
+    )  # fmt: skip
+    if report.growth:
+        out += table(
+            "How cost grows (each size measured interleaved beside unrelated data)",
+            ["operation", "size", "µs", "µs per unit", "µs beside unrelated data",
+             "unrelated data"],
+            [[g["operation"], f"{g['unit']} = {g['size']:,}", f"{g['us']:,.1f}",
+              f"{g['us_per_unit']:,.2f}", f"{g['us_with_unrelated']:,.1f}", g["unrelated"]]
+             for g in report.growth],
+        )  # fmt: skip
+    if report.pauses:
+        out += table(
+            "The longest one filter call holds the server",
+            ["objects", "matching", "longest single command (ms)"],
+            [[f"{p['objects']:,}", f"{p['matching']:,}", f"{p['worst_pause_ms']:.2f}"]
+             for p in report.pauses],
+        )  # fmt: skip
+    if report.parsers:
+        out += table(
+            "redis-py's Python parser and hiredis, the same operations",
+            ["operation", "python parser µs", "hiredis µs", "speed-up"],
+            [[p["operation"], f"{p['python_us']:,.1f}", f"{p['hiredis_us']:,.1f}",
+              f"{p['python_us'] / p['hiredis_us']:.2f}"] for p in report.parsers],
+        )  # fmt: skip
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="the whole run in under 4 min")
     parser.add_argument("--json", default=str(HERE / "results.json"), help="result file")
     parser.add_argument("--markdown", default=None, help="also write the tables here")
+    parser.add_argument("--rst", default=None, help="also write them as reStructuredText")
     parser.add_argument("--only", default=None, help="rows whose name contains this")
     parser.add_argument("--huge", action="store_true", help="the 1M-object filter row")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
@@ -985,7 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
         from urllib.parse import urlsplit
 
         parts = urlsplit(url)
-        redicts_db = 9
+        redicts_db = 25
         redicts.Pool().reload({"host": parts.hostname, "port": parts.port, "database": redicts_db})
         rows = sql_rows(1000)
 
@@ -1011,6 +1079,8 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).write_text(json.dumps(asdict(report), indent=1) + "\n", encoding="utf-8")
     if args.markdown:
         Path(args.markdown).write_text(table, encoding="utf-8")
+    if args.rst:
+        Path(args.rst).write_text(rst(report), encoding="utf-8")
     print(f"written {args.json}; took {time.perf_counter() - started:.0f} s")
     return 0
 
