@@ -652,10 +652,11 @@ def test_session_larger_than_a_lowered_max_bytes_is_discarded_and_deleted_on_loa
 ) -> None:
     # Issue 14, defect 3: such a session could be read but never saved again (every
     # request that changed it answered 500, and each load's GETEX kept it alive).
-    app = build(settings, {**BASIC, "/count": count})
+    app = build(settings, BASIC)
     app.get("/set", {"v": "x" * 400})
     (key,) = keys(transient_manager)
-    smaller = build({**settings, "transient.sessions.max_bytes": "256"}, {**BASIC, "/count": count})
+    views = {**BASIC, "/count": count}
+    smaller = build({**settings, "transient.sessions.max_bytes": "256"}, views)
     smaller.set_cookie("session", app.cookies["session"])
     with caplog.at_level(logging.WARNING, logger="pyramid_transient.sessions"):
         assert smaller.get("/count").json == {"n": 1}  # a fresh session, not a 500
