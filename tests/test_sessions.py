@@ -804,3 +804,45 @@ def test_session_changed_by_a_new_response_subscriber_is_saved(settings: dict[st
     app.get("/set")
     app.get("/stamp")
     assert app.get("/get").json == {"stamped": True}
+
+
+# ------------------------------------------------------------------ pyramid_session_redis compat
+
+
+def test_cookie_signer_given_as_an_object_is_accepted_and_used(settings: dict[str, Any]) -> None:
+    # Refused before ("must be a dotted name"); pyramid_session_redis accepts an object.
+    from webob.cookies import SignedSerializer
+
+    signer = SignedSerializer("signer-secret", "my-salt.", "sha256", serializer=_StringSerializer())
+    app = build({**settings, "redis.sessions.cookie_signer": signer}, BASIC)
+    app.get("/set", {"v": "signed"})
+    assert isinstance(signer.loads(app.cookies["session"].encode()), str)
+    assert app.get("/get").json == {"value": "signed", "new": False}
+
+
+def test_cookie_signer_without_dumps_and_loads_is_refused_at_startup(
+    settings: dict[str, Any],
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"redis\.sessions\.cookie_signer must be"):
+        build({**settings, "redis.sessions.cookie_signer": "builtins.len"}, BASIC)
+
+
+def test_includeme_writes_resolved_dotted_settings_back_into_the_registry(
+    settings: dict[str, Any],
+) -> None:
+    # pyramid_session_redis does this, and code reading the settings relies on it.
+    app = build(
+        {
+            **settings,
+            "redis.sessions.id_generator": "secrets.token_hex",
+            "redis.sessions.func_check_response_allow_cookies": "builtins.bool",
+        },
+        BASIC,
+    )
+    import secrets
+
+    registered = app.app.registry.settings
+    assert registered["redis.sessions.id_generator"] is secrets.token_hex
+    assert registered["redis.sessions.func_check_response_allow_cookies"] is bool
+    app.get("/set")
+    assert len(app.cookies["session"]) > 0
