@@ -813,7 +813,9 @@ def test_cookie_signer_given_as_an_object_is_accepted_and_used(settings: dict[st
     # Refused before ("must be a dotted name"); pyramid_session_redis accepts an object.
     from webob.cookies import SignedSerializer
 
-    signer = SignedSerializer("signer-secret", "my-salt.", "sha256", serializer=_StringSerializer())
+    signer = SignedSerializer(
+        "signer-secret", "my-salt.", "sha256", serializer=_StringSerializer()
+    )
     app = build({**settings, "redis.sessions.cookie_signer": signer}, BASIC)
     app.get("/set", {"v": "signed"})
     assert isinstance(signer.loads(app.cookies["session"].encode()), str)
