@@ -409,6 +409,8 @@ class TransientSession:
     def __init__(self, factory: TransientSessionFactory, binding: Binding, request: Any) -> None:
         self._factory = factory
         self._binding = binding
+        #: The client, asked of the binding once per request.
+        self._client: Any = None
         #: Keys deleted by the next save (invalidated ids, corrupt keys).
         self._doomed: list[str] = []
         #: The id whose key holds this session in Redis (loaded, or written by this
@@ -464,12 +466,13 @@ class TransientSession:
         key = factory.key(session_id)
         shown = factory.redact(key)
         try:
-            with self._binding.errors(key):
-                client = self._binding.client
-                if factory.refresh_on_load:
-                    raw = client.getex(key, ex=factory.timeout)
-                else:
-                    raw = client.get(key)
+            client = self._redis()
+            if factory.refresh_on_load:
+                raw = self._binding.call(
+                    key, "GETEX", key, "EX", factory.timeout, idempotent=True, client=client
+                )
+            else:
+                raw = self._binding.call(key, "GET", key, idempotent=True, client=client)
         except CorruptData as exc:
             return self._discard(request, key, exc, "holds a value that is not a string")
         except Unavailable as exc:
@@ -543,6 +546,12 @@ class TransientSession:
             self._refreshed = False
             self._ttl_differs = True
         return True
+
+    def _redis(self) -> Any:
+        client = self._client
+        if client is None:
+            client = self._client = self._binding.client
+        return client
 
     def _discard(self, request: Any, key: str, exc: BaseException | None, why: str) -> bool:
         shown = self._factory.redact(key)
@@ -887,7 +896,7 @@ class TransientSession:
             return
         factory = self._factory
         binding = self._binding
-        client = binding.client
+        client = self._redis()
         if factory.wait_replicas:
             replies = self._send_waiting(client, plan)
         elif len(plan) == 1 and plan[0][0] == "rotate":
@@ -901,8 +910,11 @@ class TransientSession:
                     _queue(pipe, step)
                 replies = binding.execute(pipe)
             else:
-                with binding.errors(plan[0][1]):
-                    replies = [_send_one(client, plan[0])]
+                step = plan[0]
+                idempotent = step[0] in ("del", "expire")
+                replies = [
+                    binding.call(step[1], *_command(step), idempotent=idempotent, client=client)
+                ]
         self._doomed = []
         for step, reply in zip(plan, replies, strict=True):
             self._settle(step, reply)
@@ -1170,17 +1182,6 @@ def _queue(target: Any, step: tuple[Any, ...]) -> None:
         target.set(step[1], step[2], ex=step[3], xx=True)
     else:  # pragma: no cover - rotations are sent alone
         raise AssertionError(kind)
-
-
-def _send_one(client: Any, step: tuple[Any, ...]) -> Any:
-    kind = step[0]
-    if kind == "del":
-        return client.delete(step[1])
-    if kind == "expire":
-        return client.expire(step[1], step[2])
-    if kind == "create":
-        return client.set(step[1], step[2], ex=step[3], nx=True)
-    return client.set(step[1], step[2], ex=step[3], xx=True)
 
 
 def _command(step: tuple[Any, ...]) -> tuple[Any, ...]:
