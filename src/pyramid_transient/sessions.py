@@ -464,7 +464,6 @@ class TransientSession:
         missing, expired or corrupt."""
         factory = self._factory
         key = factory.key(session_id)
-        shown = factory.redact(key)
         try:
             client = self._redis()
             if factory.refresh_on_load:
@@ -477,7 +476,8 @@ class TransientSession:
             return self._discard(request, key, exc, "holds a value that is not a string")
         except Unavailable as exc:
             raise SessionUnavailable(
-                f"the session store is unreachable while loading session key {shown!r}: {exc}",
+                "the session store is unreachable while loading session key "
+                f"{factory.redact(key)!r}: {exc}",
                 database=factory.database,
             ) from (exc.__cause__ or exc)
         except UnicodeDecodeError as exc:
@@ -491,6 +491,7 @@ class TransientSession:
             ) from exc
         self._refreshed = factory.refresh_on_load
         if raw is None:
+            shown = factory.redact(key)
             log.info("session key %r is not in Redis (expired?); starting a fresh session", shown)
             return self._invalid(request, ObjectNotFound(f"session key {shown!r} is not in Redis"))
         if isinstance(raw, str):  # decoded by a client with encoding_errors=surrogateescape
@@ -528,9 +529,11 @@ class TransientSession:
             )
         expires = data.get("x")
         if expires and _int_time() > expires:
+            shown = factory.redact(key)
             log.info("session key %r expired by its python_expires stamp", shown)
             return self._invalid(request, ObjectNotFound(f"session key {shown!r} expired"))
         if data["v"] < _PAYLOAD_VERSION:
+            shown = factory.redact(key)
             log.info("session key %r is in a legacy format; starting a fresh session", shown)
             return self._invalid(request, ObjectNotFound(f"session key {shown!r} is legacy"))
         self._id = self._stored_id = session_id
