@@ -285,7 +285,7 @@ def test_fast_path_encodes_exactly_as_the_full_path(value: object) -> None:
         expected = _ASCII_ENCODER.encode(tree).encode("ascii")
     assert codec.encode(value) == expected
     decoded = codec.decode(codec.encode(value))
-    assert decoded == value or isinstance(value, list) and math.isnan(decoded[0])
+    assert decoded == value or (isinstance(value, list) and math.isnan(decoded[0]))
 
 
 def test_fast_path_refuses_what_is_too_deep() -> None:
