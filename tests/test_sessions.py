@@ -848,3 +848,17 @@ def test_includeme_writes_resolved_dotted_settings_back_into_the_registry(
     assert registered["redis.sessions.func_check_response_allow_cookies"] is bool
     app.get("/set")
     assert len(app.cookies["session"]) > 0
+
+
+def test_from_redis_is_deprecated_but_reads_the_stored_payload(settings: dict[str, Any]) -> None:
+    loaded: list[Any] = []
+
+    def view(request: Any) -> dict[str, Any]:
+        with pytest.warns(DeprecationWarning, match=r"from_redis\(\) is deprecated"):
+            loaded.append(request.session.from_redis())
+        return {}
+
+    app = build(settings, {**BASIC, "/old": view})
+    app.get("/set", {"v": "stored"})
+    app.get("/old")
+    assert loaded[0]["m"] == {"value": "stored"}

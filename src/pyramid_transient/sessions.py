@@ -811,6 +811,27 @@ class TransientSession:
         if ttl and self._stored_id is not None:
             self._execute([("expire", self._factory.key(self._stored_id), ttl)])
 
+    def from_redis(self, session_id: str | None = None) -> dict[str, Any] | None:
+        """Deprecated (pyramid_session_redis's loader, kept for one release): the stored
+        payload of ``session_id`` (this session's by default) as a dict, or None.
+
+        One ``GET``; nothing is refreshed or changed. Read the session itself instead.
+        """
+        warnings.warn(
+            "TransientSession.from_redis() is deprecated: read the session itself "
+            "(request.session), which is loaded when first used",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        factory = self._factory
+        sid = session_id or self._stored_id
+        if sid is None:
+            return None
+        key = factory.key(sid)
+        raw = self._binding.call(key, "GET", key, idempotent=True, client=self._redis())
+        payload = None if raw is None else factory.unseal(key, raw)
+        return None if payload is None else _check_shape(factory.loads(payload))
+
     # ------------------------------------------------------------------ encoding
 
     def _payload_dict(self) -> dict[str, Any]:
