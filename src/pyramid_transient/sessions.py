@@ -1271,7 +1271,9 @@ class TransientSessionFactory:
     :class:`~pyramid_transient.connection.RedisManager` whose ``sessions`` database holds
     the sessions; the running app's by default), ``max_bytes``, ``serializer`` (``"json"``
     or ``"pickle"``), ``save_before_response``, ``wait_replicas`` and ``wait_timeout``
-    (the ``transient.sessions.*`` settings).
+    (the ``transient.sessions.*`` settings). ``save_before_response`` needs the tween
+    :func:`save_tween_factory`, which ``includeme`` adds when the setting is on; a factory
+    built by hand with it (and without the tween) saves after the response.
     """
 
     #: The manager's database name sessions use.
