@@ -286,7 +286,9 @@ class Binding:
         target = self.client if client is None else client
         with Translating(self.name, key):
             pool = getattr(target, "connection_pool", None)
-            if pool is None or isinstance(target, RedisCluster):
+            # (A Cluster client has no pool of its own but a nodes manager; looking for the
+            # attribute is cheaper than isinstance() against RedisCluster's metaclass.)
+            if pool is None or getattr(target, "nodes_manager", None) is not None:
                 return target.execute_command(*args, **{NEVER_DECODE: True})
             retry = idempotent and getattr(target, "retry_idempotent", False)
             return _send_raw(pool, args, retry)
