@@ -43,7 +43,7 @@ Node = tuple[str, int]
 
 @dataclass(frozen=True)
 class SessionSettings:
-    """``transient.sessions.*``: our additions to pyramid_session_redis."""
+    """``transient.sessions.*``: what sessions add to pyramid_session_redis's settings."""
 
     #: Largest encoded session accepted, in bytes.
     max_bytes: int = 64 * 1024
