@@ -862,3 +862,13 @@ def test_from_redis_is_deprecated_but_reads_the_stored_payload(settings: dict[st
     app.get("/set", {"v": "stored"})
     app.get("/old")
     assert loaded[0]["m"] == {"value": "stored"}
+
+
+def test_session_ids_carry_48_random_bytes(transient_manager: RedisManager) -> None:
+    import base64
+
+    factory = TransientSessionFactory(secret="s", manager=transient_manager)
+    ids = {factory.generate_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for session_id in list(ids)[:20]:
+        assert len(base64.urlsafe_b64decode(session_id + "=" * (-len(session_id) % 4))) == 48
