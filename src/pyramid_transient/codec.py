@@ -143,34 +143,6 @@ def _dict_to_json(value: dict[Any, Any], depth: int) -> Any:
     )
 
 
-def _plain(value: Any, depth: int = 0) -> bool:
-    """Whether ``value`` is JSON as it is: exact str, int, finite float, bool, None, lists
-    and str-keyed dicts without the tag key. Such a value needs no tags, so it is encoded
-    as it is, without building a tagged copy (a check, no allocation)."""
-    cls = type(value)
-    if cls is str or value is None or value is True or value is False:
-        return True
-    if cls is int:
-        return value.bit_length() < 13_000
-    if cls is float:
-        return math.isfinite(value)
-    if depth >= MAX_DEPTH:
-        return False  # _to_json says why
-    if cls is list:
-        for item in value:  # noqa: SIM110 (a loop: no generator frame per item)
-            if not _plain(item, depth + 1):
-                return False
-        return True
-    if cls is dict:
-        if TAG in value:
-            return False
-        for key, item in value.items():
-            if type(key) is not str or not _plain(item, depth + 1):
-                return False
-        return True
-    return False
-
-
 def check(value: Any) -> None:
     """Raise :class:`TypeError` if ``value`` cannot be stored; write nothing."""
     _to_json(value)
@@ -184,8 +156,48 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 _ASCII_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
 
 
+_PLAIN_SCALARS = frozenset({str, bool, type(None)})
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is JSON as it is: nothing needs a tag, so the C encoder's output is
+    exactly :func:`_to_json`'s (exact types only; a tuple, a non-str key, a ``"__t__"`` key,
+    a float that is not finite or a huge int says no, and the full path decides)."""
+    if depth > MAX_DEPTH:
+        return False
+    cls = type(value)
+    if cls in _PLAIN_SCALARS:
+        return True
+    if cls is int:
+        return bool(value.bit_length() < 13_000)
+    if cls is float:
+        return math.isfinite(value)
+    if cls is dict:
+        if TAG in value:
+            return False
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            kind = type(item)
+            if kind is str or (kind is int and item.bit_length() < 13_000):
+                continue
+            if kind not in _PLAIN_SCALARS and not _plain(item, depth + 1):
+                return False
+        return True
+    if cls is list:
+        for item in value:
+            kind = type(item)
+            if kind is str or (kind is int and item.bit_length() < 13_000):
+                continue
+            if kind not in _PLAIN_SCALARS and not _plain(item, depth + 1):
+                return False
+        return True
+    return False
+
+
 def encode(value: Any) -> bytes:
     """Encode ``value``; raises :class:`TypeError` for a value of an unsupported type."""
+    # The fast path: a value that needs no tag goes to the C encoder as it is.
     tree = value if _plain(value) else _to_json(value)
     try:
         return _ENCODER.encode(tree).encode("utf-8")
@@ -282,8 +294,8 @@ def decode(data: bytes | str) -> Any:
     :class:`~pyramid_transient.exceptions.CodecError` if it is not one."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-        # Without the tag's text and without \u escapes (which could spell it), no object
-        # of the payload is tagged: the plain decoder, without a Python hook per object.
+        # Without the tag's text and without backslash-u escapes (which could spell it), no
+        # object of the payload is tagged: the plain decoder, no Python hook per object.
         if TAG not in text and "\\u" not in text:
             return _PLAIN_DECODER.decode(text)
         return _DECODER.decode(text)
