@@ -119,6 +119,17 @@ _NEVER_DECODE = "NEVER_DECODE"
 _EMPTY_RESPONSE = "EMPTY_RESPONSE"
 
 
+def _pool_wants_a_name() -> bool:
+    # redis-py 5 asks get_connection() for the command's name; 6 deprecates it; 8 drops it.
+    import inspect
+
+    params = list(inspect.signature(redis.ConnectionPool.get_connection).parameters.values())
+    return len(params) > 1 and params[1].default is inspect.Parameter.empty
+
+
+_POOL_WANTS_A_NAME = _pool_wants_a_name()
+
+
 def _metrics_off() -> bool:
     return _recorder is None or (
         getattr(_recorder, "_metrics_collector", None) is None
@@ -169,7 +180,7 @@ class TransientRedis(redis.Redis):
 
     def _send_lean(self, *args: Any, **options: Any) -> Any:
         pool = self.connection_pool
-        conn: Any = pool.get_connection()
+        conn: Any = pool.get_connection(args[0]) if _POOL_WANTS_A_NAME else pool.get_connection()
         try:
             try:
                 conn.send_command(*args)
@@ -191,7 +202,7 @@ class TransientRedis(redis.Redis):
                 raise
         finally:
             try:
-                if conn.should_reconnect():
+                if getattr(conn, "should_reconnect", bool)():
                     conn.disconnect()
                     conn.connect()
             finally:
