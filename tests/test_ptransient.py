@@ -438,10 +438,10 @@ def test_backup_and_restore_send_one_call_per_batch_of_keys(
     with round_trips() as rt:
         status, text = run(ini, "backup", str(backup))
     assert status == 0 and "backed up 1200 keys" in text
-    # SCAN pages of 1,000 and one script call per 500 keys: 3, where one round trip per
-    # key would be 1,200 (and 2,400 with the expiries).
-    assert len([c for c in rt.commands if c.startswith("EVALSHA")]) == 3
-    assert rt.count <= 16
+    # One script call per SCAN page of about 500 keys (the server reads them and writes
+    # the lines), where one round trip per key would be 1,200 (2,400 with the expiries).
+    assert 2 <= len([c for c in rt.commands if c.startswith("EVALSHA")]) <= 5
+    assert rt.count <= 12  # and DBSIZE, INFO, SCRIPT LOAD per database
 
     client.flushdb()
     with round_trips() as rt:
@@ -725,7 +725,7 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_file(
     def interrupted(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_backup.Reader, "lines", interrupted)
+    monkeypatch.setattr(_backup.Reader, "pages", interrupted)
     result = run(ini, "backup", str(tmp_path / "b.jsonl"))
     assert result.status == 130 and "interrupted" in result.err and "Traceback" not in result.err
     assert list(tmp_path.iterdir()) == [Path(ini)]

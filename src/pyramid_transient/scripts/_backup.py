@@ -322,42 +322,50 @@ def _pairs(reply: Any) -> dict[bytes, Any]:
 
 
 class Reader:
-    """Reads batches of picked keys into lines: the Lua script on a single server, the
-    pipelines on a Cluster and for what the script leaves."""
+    """Reads the keys a backup takes from one source, one ``SCAN`` page at a time: with
+    the Lua script on a single server (one round trip per page, the lines built by the
+    server), with pipelines on a Cluster and for what the script leaves to Python."""
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, capabilities: set[str], names: set[str]) -> None:
         self.source = source
+        self.capabilities = capabilities
+        self.names = names
         self.sha: str | None = None
 
-    def lines(self, picked: list[Picked]) -> list[str]:
-        if self.source.cluster or not picked:
-            return read_with_pipelines(self.source, picked)
-        client = self.source.client
-        with guard(self.source.label):
-            if self.sha is None:
-                self.sha = client.script_load(BACKUP_LUA)
-            triples: list[Any] = []
-            for cap, seg in CAPABILITIES.items():
-                if seg:
-                    triples += [seg, cap, self.source.names[cap]]
-            triples += ["*", "other", self.source.names["other"]]
-            text, later = client.evalsha(
-                self.sha,
-                0,
-                self.source.cut,
-                len(triples) // 3,
-                *triples,
-                *(p.key for p in picked),
-            )
-        try:
-            decoded: str = text.decode("utf-8")
-        except UnicodeDecodeError:  # a key or value that is not UTF-8: base64 lines
-            return read_with_pipelines(self.source, picked)
-        lines: list[str] = decoded.split("\n")[:-1]
-        if later:
-            left = set(later)
-            lines += read_with_pipelines(self.source, [p for p in picked if p.key in left])
-        return lines
+    def _triples(self) -> list[str]:
+        source = self.source
+        triples: list[str] = []
+        for cap, seg in CAPABILITIES.items():
+            taken = cap in self.capabilities and source.serving[cap] in self.names
+            triples += [seg or "*", cap if taken else "", source.names[cap]]
+        return triples
+
+    def pages(self, count: int = BATCH) -> Iterator[tuple[int, list[str]]]:
+        """``(keys scanned, lines)`` per page, until the scan is complete."""
+        source = self.source
+        if source.cluster:
+            for keys in scan(source, count):
+                picked = list(pick(source, keys, self.capabilities, self.names))
+                yield len(keys), read_with_pipelines(source, picked) if picked else []
+            return
+        client = source.client
+        triples = self._triples()
+        cursor: Any = 0
+        while True:
+            with guard(source.label):
+                if self.sha is None:
+                    self.sha = client.script_load(BACKUP_LUA)
+                cursor, scanned, text, later = client.evalsha(
+                    self.sha, 0, cursor, source.pattern, count, source.cut,
+                    len(triples) // 3, *triples,
+                )  # fmt: skip
+            lines: list[str] = text.decode("utf-8").split("\n")[:-1]
+            if later:
+                picked = list(pick(source, later, self.capabilities, self.names))
+                lines += read_with_pipelines(source, picked)
+            yield int(scanned), lines
+            if int(cursor) == 0:
+                return
 
 
 class BackupWriter:
@@ -459,7 +467,7 @@ def check_file(path: str) -> Check:
     return Check(header, keys, size, problem)
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """One key line, parsed as far as restore needs."""
 
@@ -471,31 +479,34 @@ class Entry:
     data: dict[str, Any]
 
 
+_TYPES = frozenset(("string", "hash", "list", "set", "zset", "stream", "dump"))
+
+
 def entries(path: str, on_bad: Callable[[int, str], None]) -> Iterator[tuple[Entry, int]]:
     """The key lines of ``path`` with the bytes read so far; a line that does not parse
     goes to ``on_bad(number, why)``."""
-    read = 0
+    loads = json.loads
     with open(path, "rb") as fh:
-        read += len(fh.readline())
-        for number, line in enumerate(fh, start=2):
+        read = len(fh.readline())
+        number = 1
+        for line in fh:
+            number += 1
             read += len(line)
             if line.startswith(b'{"end"'):
                 return
             try:
-                data = json.loads(line)
+                data = loads(line)
                 rel_text = data["key"]
-                rel = (
-                    base64.b64decode(rel_text, validate=True)
-                    if data.get("enc") == "b64"
-                    else rel_text.encode("utf-8")
-                )
-                if data["t"] not in ("string", "hash", "list", "set", "zset", "stream", "dump"):
+                if data.get("enc") == "b64":
+                    rel = base64.b64decode(rel_text, validate=True)
+                else:
+                    rel = rel_text.encode("utf-8")
+                if data["t"] not in _TYPES:
                     raise ValueError(f"unknown type {data['t']!r}")
-                if not isinstance(data["exp"], int):
+                if type(data["exp"]) is not int:
                     raise ValueError("exp is not an integer")
-                entry = Entry(
-                    number, line.rstrip(b"\n"), str(data["db"]), str(data["cap"]), rel, data
-                )
+                entry = Entry(number, line.rstrip(b"\n"), str(data["db"]), str(data["cap"]),
+                              rel, data)  # fmt: skip
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 on_bad(number, f"not a backup line ({exc})")
                 continue
@@ -549,23 +560,35 @@ class Restorer:
         self.pending: dict[Any, list[tuple[bytes, bytes, Entry]]] = {}
         self.names: dict[Any, str] = {}
         self.shas: dict[int, str] = {}
+        self._places: dict[str, tuple[Any, bytes]] = {}
 
     def target_key(self, entry: Entry) -> bytes:
         parts = [self.manager.settings.key_prefix, self.manager.namespace(entry.name)]
         head = ":".join(p for p in parts if p)
         return (head.encode() + b":" if head else b"") + entry.rel
 
+    def _place(self, name: str) -> tuple[Any, bytes]:
+        place = self._places.get(name)
+        if place is None:
+            parts = [self.manager.settings.key_prefix, self.manager.namespace(name)]
+            head = ":".join(p for p in parts if p)
+            slot = "cluster" if self.cluster else self.manager.db_number(name)
+            place = self._places[name] = (slot, head.encode() + b":" if head else b"")
+            self.names.setdefault(slot, name)
+        return place
+
     def add(self, entry: Entry) -> None:
-        key = self.target_key(entry)
+        slot, head = self._place(entry.name)
+        key = head + entry.rel
         raw = entry.raw
-        if self.rekey is not None:
+        if self.rekey is not None and entry.cap == "sessions":
             changed = self.rekey(entry, key.decode("utf-8", "replace"))
             if changed is None:
                 return
             raw = changed
-        slot = "cluster" if self.cluster else self.manager.db_number(entry.name)
-        self.names.setdefault(slot, entry.name)
-        batch = self.pending.setdefault(slot, [])
+        batch = self.pending.get(slot)
+        if batch is None:
+            batch = self.pending[slot] = []
         batch.append((key, raw, entry))
         if len(batch) >= BATCH:
             self.flush(slot)
@@ -604,6 +627,9 @@ class Restorer:
                     *(raw for _, raw, _ in batch),
                 )
         for (key, _, entry), status in zip(batch, statuses, strict=True):
+            if status == b"ok":
+                self.outcome.restored += 1
+                continue
             text = status.decode() if isinstance(status, bytes) else str(status)
             shown = key.decode("utf-8", "backslashreplace")
             if text in ("ok", "would-restore", "would-replace"):

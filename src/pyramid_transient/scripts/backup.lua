@@ -1,56 +1,111 @@
--- Reads a batch of keys into backup lines (the portable form of docs/cli.rst), on the
--- server, in one round trip: Python only writes the text this returns. Used on a single
--- server (standalone, Sentinel): on a Cluster the keys of one batch lie in many slots,
--- which a script may not touch together, and ptransient reads them with pipelines.
+-- One SCAN page of a backup, read into backup lines (the portable form of docs/cli.rst)
+-- on the server, in one round trip: Python only writes the text this returns. Used on a
+-- single server (standalone, Sentinel); on a Cluster the keys of one page lie in many
+-- slots, which one script may not touch, and ptransient reads them with pipelines.
 --
--- KEYS                  none (the keys are not declared: see above)
--- ARGV[1]               how many characters to cut from each key (the key prefix, its ":")
--- ARGV[2]               how many (segment, capability, database name) triples follow
--- ARGV[3 .. 2+3n]       the triples: a key's first segment after the prefix gives its
---                       capability and named database; "*" is the fallback triple
--- ARGV[3+3n ..]         the keys to read
+-- KEYS                  none (the keys come from SCAN)
+-- ARGV[1]               the SCAN cursor
+-- ARGV[2]               the SCAN MATCH pattern (the app's prefix, escaped, then *)
+-- ARGV[3]               the SCAN COUNT
+-- ARGV[4]               how many characters to cut from each key (the prefix and its ":")
+-- ARGV[5]               how many (segment, capability, database name) triples follow
+-- ARGV[6 .. 5+3n]       the triples: a key's first segment after the prefix gives its
+--                       capability and named database; capability "" means "not taken";
+--                       segment "*" stands for any segment not listed
 --
--- Returns {text, later}: text holds one JSON line per key read ("\n" after each), later
--- the keys this script leaves to Python (streams and types it cannot write portably).
--- A key gone or expired since SCAN saw it is left out. "exp" is the key's absolute
--- expiry in Unix milliseconds by this server's clock (0: none).
-local cut = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
+-- Never taken: tokens (derived data) and lock records (a store section's "locks" and
+-- "lockpaths", dogpile's "cache:<region>:l:" keys); keys gone or expired since SCAN.
+--
+-- Returns {next cursor, keys scanned, text, later}: text holds one JSON line per key
+-- ("\n" after each), later the keys left to Python: streams, module types, and keys
+-- with bytes above 127 (Python checks them for UTF-8). A value with a byte above 127
+-- (a sealed session, binary data; UTF-8 text too) is written in base64 ("enc": "b64").
+-- "exp" is the key's absolute expiry in Unix milliseconds by this server's clock (0: none).
+local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
+local cut = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
 local map = {}
 for i = 0, n - 1 do
-  map[ARGV[3 + 3 * i]] = {ARGV[4 + 3 * i], ARGV[5 + 3 * i]}
+  map[ARGV[6 + 3 * i]] = {ARGV[7 + 3 * i], ARGV[8 + 3 * i]}
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local READ = {
+  string = function(key) return redis.call('GET', key) end,
+  hash = function(key) return redis.call('HGETALL', key) end,
+  list = function(key) return redis.call('LRANGE', key, 0, -1) end,
+  set = function(key) return redis.call('SMEMBERS', key) end,
+  zset = function(key) return redis.call('ZRANGE', key, 0, -1, 'WITHSCORES') end,
+}
+local B = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+local E = {}
+for i = 0, 63 do E[i] = string.sub(B, i + 1, i + 1) end
+local E2 = {}
+for i = 0, 4095 do E2[i] = E[math.floor(i / 64)] .. E[i % 64] end
+local function b64(s)
+  local out, n, len = {}, 0, #s
+  for i = 1, len - 2, 3 do
+    local a, b, c = string.byte(s, i, i + 2)
+    local x = a * 65536 + b * 256 + c
+    n = n + 1
+    out[n] = E2[math.floor(x / 4096)] .. E2[x % 4096]
+  end
+  local rest = len % 3
+  if rest == 1 then
+    local a = string.byte(s, len)
+    n = n + 1; out[n] = E2[a * 16] .. '=='
+  elseif rest == 2 then
+    local a, b = string.byte(s, len - 1, len)
+    local x = a * 1024 + b * 4
+    n = n + 1; out[n] = E2[math.floor(x / 64)] .. E[x % 64] .. '='
+  end
+  return table.concat(out)
+end
+
+local function high(value)  -- a byte above 127 anywhere in the value
+  if type(value) == 'string' then return string.find(value, '[\128-\255]') ~= nil end
+  for i = 1, #value do
+    if string.find(value[i], '[\128-\255]') then return true end
+  end
+  return false
+end
 local lines, later = {}, {}
-for i = 3 + 3 * n, #ARGV do
-  local key = ARGV[i]
-  local kind = redis.call('TYPE', key)['ok']
-  if kind ~= 'none' then
-    local ttl = redis.call('PTTL', key)
-    local value
-    if kind == 'string' then
-      value = redis.call('GET', key)
-    elseif kind == 'hash' then
-      value = redis.call('HGETALL', key)
-    elseif kind == 'list' then
-      value = redis.call('LRANGE', key, 0, -1)
-    elseif kind == 'set' then
-      value = redis.call('SMEMBERS', key)
-    elseif kind == 'zset' then
-      value = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-    end
-    if value == nil then
+for _, key in ipairs(page[2]) do
+  local rel = string.sub(key, cut + 1)
+  local segment = string.match(rel, '^[^:]*')
+  local where = map[segment] or map['*']
+  if where[1] ~= '' and segment ~= 'token'
+      and not (segment == 'store' and (string.find(rel, ':locks$') or string.find(rel, ':lockpaths$')))
+      and not (segment == 'cache' and string.find(rel, '^cache:[^:]*:l:')) then
+    local kind = redis.call('TYPE', key)['ok']
+    local read = READ[kind]
+    if kind == 'none' then
+      -- gone since SCAN saw it
+    elseif read == nil or string.find(key, '[\128-\255]') then
       later[#later + 1] = key
-    elseif ttl ~= -2 then
-      local rel = string.sub(key, cut + 1)
-      local where = map[string.match(rel, '^[^:]*')] or map['*']
-      lines[#lines + 1] = cjson.encode({
-        db = where[2], cap = where[1], key = rel, t = kind, v = value,
-        exp = ttl > 0 and now + ttl or 0,
-      })
+    else
+      local ttl = redis.call('PTTL', key)
+      local value = read(key)
+      if ttl == -2 then
+        -- expired meanwhile
+      else
+        local line = {
+          db = where[2], cap = where[1], key = rel, t = kind, v = value,
+          exp = ttl > 0 and now + ttl or 0,
+        }
+        if high(value) then  -- binary (a sealed session): base64, as Python writes it
+          line.enc = 'b64'
+          line.key = b64(rel)
+          if type(value) == 'string' then
+            line.v = b64(value)
+          else
+            for i = 1, #value do value[i] = b64(value[i]) end
+          end
+        end
+        lines[#lines + 1] = cjson.encode(line)
+      end
     end
   end
 end
 lines[#lines + 1] = ''
-return {table.concat(lines, '\n'), later}
+return {page[1], #page[2], table.concat(lines, '\n'), later}

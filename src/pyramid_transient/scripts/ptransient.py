@@ -284,17 +284,9 @@ def cmd_backup(ctx: _Context) -> int:
         progress = Progress("backup", ctx.err, total=total, estimate=True, quiet=args.quiet)
         chosen = set(names)
         for source in all_sources:
-            reader = fmt.Reader(source)
-            batch: list[fmt.Picked] = []
-            for keys in fmt.scan(source):
-                seen = len(keys)
-                for picked in fmt.pick(source, keys, capabilities, chosen):
-                    batch.append(picked)
-                    if len(batch) >= BATCH:
-                        writer.lines(reader.lines(batch))
-                        batch = []
-                progress.advance(seen)
-            writer.lines(reader.lines(batch))
+            for scanned, lines in fmt.Reader(source, capabilities, chosen).pages():
+                writer.lines(lines)
+                progress.advance(scanned)
         writer.finish()
     except BaseException:
         writer.abort()
@@ -324,11 +316,15 @@ def _rekey_sessions(ctx: _Context, header: dict[str, Any], outcome: fmt.Outcome)
 
         factory = session_factory_from_settings(ctx.settings, ctx.manager)
 
+    heads: dict[str, str] = {}
+
     def rekey(entry: fmt.Entry, new_key: str) -> bytes | None:
         if entry.cap != "sessions" or entry.data["t"] != "string":
             return entry.raw
-        parts = [old_prefix, entry.name if old_cluster else ""]
-        head = ":".join(p for p in parts if p)
+        head = heads.get(entry.name)
+        if head is None:
+            parts = [old_prefix, entry.name if old_cluster else ""]
+            head = heads[entry.name] = ":".join(p for p in parts if p)
         old_key = (head + ":" if head else "") + entry.rel.decode("utf-8", "replace")
         if old_key == new_key:
             return entry.raw
@@ -409,26 +405,30 @@ def cmd_restore(ctx: _Context) -> int:
         total=check.size,
         quiet=args.quiet,
     )
-    known: dict[str, bool] = {}
+    known: dict[str, str] = {}  # per database name: "ok", "unselected" or "unknown"
+    step = 0
     try:
         for entry, read in fmt.entries(args.file, on_bad):
-            progress.advance(1, read)
-            segment = entry.rel.partition(b":")[0].decode("utf-8", "replace")
-            if segment in fmt.DERIVED:
+            step += 1
+            if step == 512:
+                progress.advance(step, read)
+                step = 0
+            if entry.rel.startswith(b"token:"):
                 outcome.note("tokens (derived data, never restored)", f"line {entry.number}")
                 continue
             if entry.cap not in capabilities:
                 outcome.note("not selected (--db, --capability)", f"line {entry.number}")
                 continue
-            ok = known.get(entry.name)
-            if ok is None:
+            state = known.get(entry.name)
+            if state is None:
                 try:
-                    manager.resolve(entry.name)
-                    ok = True
+                    served = manager.resolve(entry.name)
                 except UnknownDatabase:
-                    ok = False
-                known[entry.name] = ok
-            if not ok:
+                    state = "unknown"
+                else:
+                    state = "ok" if names is None or served in names else "unselected"
+                known[entry.name] = state
+            if state == "unknown":
                 outcome.note(
                     f"no database named {entry.name!r} in this ini "
                     f"(add transient.db.{entry.name})",
@@ -436,11 +436,12 @@ def cmd_restore(ctx: _Context) -> int:
                     refused=True,
                 )
                 continue
-            if names is not None and manager.resolve(entry.name) not in names:
+            if state == "unselected":
                 outcome.note("not selected (--db, --capability)", f"line {entry.number}")
                 continue
             restorer.add(entry)
         restorer.flush()
+        progress.advance(step, check.size)
     finally:
         progress.close()
     if check.problem:
