@@ -609,7 +609,7 @@ class Restorer:
         with guard(name):
             client: Any = self.manager.get(name)
             if self.dry_run:
-                statuses = self._dry(client, batch)
+                statuses: list[Any] = list(self._dry(client, batch))
             elif self.cluster:
                 sha = self._sha(client)
                 pipe = client.pipeline(transaction=False)
