@@ -16,7 +16,7 @@ pattern, never ``KEYS``. Results go to stdout; errors (one line, a traceback onl
 ``--verbose``) and progress go to stderr. Exit status: 0 success, 1 partial (some keys
 refused), 2 usage or configuration error, 3 Redis unreachable, 130 interrupted.
 
-The backup format is described in :mod:`pyramid_transient.scripts._backup` and
+The backup format is described in ``pyramid_transient.scripts._backup`` and
 docs/cli.rst.
 """
 
@@ -49,7 +49,7 @@ __all__ = ["EXIT_CODES", "build_parser", "main"]
 #: Exit statuses, by meaning.
 EXIT_CODES = {"ok": 0, "partial": 1, "usage": 2, "unavailable": 3, "interrupted": 130}
 
-#: Keys per pipeline in ``flush``; also :data:`~pyramid_transient.scripts._backup.BATCH`.
+#: Keys per pipeline in ``flush``, per Lua call in ``backup`` and ``restore``.
 BATCH = fmt.BATCH
 
 
