@@ -812,3 +812,36 @@ def test_flush_deletes_only_our_namespace_of_the_database(
     assert run(ini, "flush", "--db", "default", "--yes").out.startswith("deleted 1 keys")
     assert client.exists("foreign") == 1
     assert transient_manager.get("sessions").dbsize() == 1
+
+
+# ---------------------------------------------------------------------- memory
+
+
+def test_memory_stays_constant_whatever_the_key_count(
+    ini: str, transient_manager: RedisManager, tmp_path: Path
+) -> None:
+    import tracemalloc
+
+    client = transient_manager.get()
+    store = transient_manager.keyspace("store")
+
+    def peak(n: int) -> tuple[int, int]:
+        client.flushdb()
+        for start in range(0, n, 1000):
+            client.mset({store.key(f"k{i}"): encode("x" * 40) for i in range(start, start + 1000)})
+        backup = tmp_path / f"b{n}.jsonl"
+        peaks = []
+        # the restore finds every key there: its summary must not keep a line per key
+        for argv in (["backup", str(backup)], ["restore", str(backup)]):
+            tracemalloc.start()
+            try:
+                assert run(ini, "-q", *argv).status == 0
+                peaks.append(tracemalloc.get_traced_memory()[1])
+            finally:
+                tracemalloc.stop()
+        return peaks[0], peaks[1]
+
+    small, large = peak(2_000), peak(16_000)
+    # eight times the keys, about the same peak (a batch of 500 lines, a SCAN page)
+    assert large[0] < small[0] * 1.5 + 200_000, (small, large)
+    assert large[1] < small[1] * 1.5 + 200_000, (small, large)

@@ -515,19 +515,20 @@ def entries(path: str, on_bad: Callable[[int, str], None]) -> Iterator[tuple[Ent
 
 @dataclass
 class Outcome:
-    """Counts of a restore (or a dry run), by reason."""
+    """Counts of a restore (or a dry run), by reason; with ``details`` (``--verbose``),
+    each key's line is written there as it comes (nothing per key is kept in memory)."""
 
     restored: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
-    details: list[str] = field(default_factory=list)
     refused: int = 0
+    details: IO[str] | None = None
 
     def note(self, reason: str, detail: str, *, refused: bool = False) -> None:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
         if refused:
             self.refused += 1
-        if len(self.details) < 100_000:
-            self.details.append(detail)
+        if self.details is not None:
+            self.details.write(f"    {detail}\n")
 
 
 REASONS = {

@@ -385,7 +385,7 @@ def cmd_restore(ctx: _Context) -> int:
         )
     names = set(_names(manager, args.db)) if args.db else None
     capabilities = fmt.selection(args.capability, tuple(fmt.CAPABILITIES))
-    outcome = fmt.Outcome()
+    outcome = fmt.Outcome(details=out if args.verbose else None)
     bad: list[str] = []
 
     def on_bad(number: int, why: str) -> None:
@@ -450,10 +450,7 @@ def cmd_restore(ctx: _Context) -> int:
     out.write(f"{'dry run: ' if args.dry_run else ''}{verb} {outcome.restored} keys\n")
     for reason, count in sorted(outcome.reasons.items(), key=lambda kv: -kv[1]):
         out.write(f"  {count} {reason}\n")
-    if args.verbose:
-        for detail in outcome.details:
-            out.write(f"    {detail}\n")
-    elif outcome.details and outcome.reasons:
+    if outcome.reasons and not args.verbose:
         out.write("  (--verbose lists each key)\n")
     return 1 if outcome.refused or check.problem else 0
 
