@@ -485,7 +485,7 @@ _TYPES = frozenset(("string", "hash", "list", "set", "zset", "stream", "dump"))
 def entries(path: str, on_bad: Callable[[int, str], None]) -> Iterator[tuple[Entry, int]]:
     """The key lines of ``path`` with the bytes read so far; a line that does not parse
     goes to ``on_bad(number, why)``."""
-    loads = json.loads
+    decode = json.JSONDecoder().decode
     with open(path, "rb") as fh:
         read = len(fh.readline())
         number = 1
@@ -495,7 +495,7 @@ def entries(path: str, on_bad: Callable[[int, str], None]) -> Iterator[tuple[Ent
             if line.startswith(b'{"end"'):
                 return
             try:
-                data = loads(line)
+                data = decode(line.decode("utf-8"))
                 rel_text = data["key"]
                 if data.get("enc") == "b64":
                     rel = base64.b64decode(rel_text, validate=True)
@@ -507,7 +507,7 @@ def entries(path: str, on_bad: Callable[[int, str], None]) -> Iterator[tuple[Ent
                     raise ValueError("exp is not an integer")
                 entry = Entry(number, line.rstrip(b"\n"), str(data["db"]), str(data["cap"]),
                               rel, data)  # fmt: skip
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:  # UnicodeError too
                 on_bad(number, f"not a backup line ({exc})")
                 continue
             yield entry, read
@@ -562,6 +562,8 @@ class Restorer:
         self.names: dict[Any, str] = {}
         self.shas: dict[int, str] = {}
         self._places: dict[str, tuple[Any, bytes]] = {}
+        self._conns: dict[Any, tuple[Any, Any]] = {}  # per database: connection, pool
+        self._inflight: dict[Any, tuple[Any, str, list[tuple[bytes, bytes, Entry]]]] = {}
 
     def target_key(self, entry: Entry) -> bytes:
         parts = [self.manager.settings.key_prefix, self.manager.namespace(entry.name)]
@@ -595,10 +597,35 @@ class Restorer:
             self.flush(slot)
 
     def flush(self, slot: Any = None) -> None:
+        """Send the pending batch of ``slot`` (of every slot when None; then also wait for
+        the replies still in flight)."""
         for one in [slot] if slot is not None else list(self.pending):
             batch = self.pending.pop(one, [])
             if batch:
-                self._send(self.names[one], batch)
+                self._send(one, self.names[one], batch)
+        if slot is None:
+            self.finish()
+
+    def finish(self) -> None:
+        """Read the replies in flight and give the connections back."""
+        for one in list(self._inflight):
+            conn, name, batch = self._inflight.pop(one)
+            with guard(name):
+                statuses = conn.read_response()
+            self._release(one)
+            self._tally(batch, statuses)
+
+    def abort(self) -> None:
+        """Drop the connections of calls in flight (their replies are not read)."""
+        for one in list(self._conns):
+            conn, pool = self._conns.pop(one)
+            conn.disconnect()
+            pool.release(conn)
+        self._inflight.clear()
+
+    def _release(self, slot: Any) -> None:
+        conn, pool = self._conns.pop(slot)
+        pool.release(conn)
 
     def _sha(self, client: Any) -> str:
         sha = self.shas.get(id(client))
@@ -606,48 +633,70 @@ class Restorer:
             sha = self.shas[id(client)] = client.script_load(RESTORE_LUA)
         return sha
 
-    def _send(self, name: str, batch: list[tuple[bytes, bytes, Entry]]) -> None:
+    def _send(self, slot: Any, name: str, batch: list[tuple[bytes, bytes, Entry]]) -> None:
+        flag = "1" if self.replace else "0"
         with guard(name):
             client: Any = self.manager.get(name)
             if self.dry_run:
-                statuses: list[Any] = list(self._dry(client, batch))
+                statuses: Any = [self._dry(client, batch), []]
             elif self.cluster:
                 sha = self._sha(client)
                 pipe = client.pipeline(transaction=False)
                 for key, raw, _ in batch:
-                    pipe.evalsha(sha, 1, key, "1" if self.replace else "0", raw)
-                statuses = [s[0] for s in pipe.execute()]
+                    pipe.evalsha(sha, 1, key, flag, raw)
+                replies = pipe.execute()
+                statuses = [
+                    b"".join(r[0] if isinstance(r[0], bytes) else r[0].encode() for r in replies),
+                    [m for r in replies for m in r[1]],
+                ]
             else:
+                # One script call per batch, sent before the previous call's reply is
+                # read: the server runs a batch while Python parses the next one.
                 sha = self._sha(client)
+                held = self._conns.get(slot)
+                if held is None:
+                    pool = client.connection_pool
+                    held = self._conns[slot] = (pool.get_connection(), pool)
+                conn = held[0]
                 keys = [key for key, _, _ in batch]
-                statuses = client.evalsha(
-                    sha,
-                    len(keys),
-                    *keys,
-                    "1" if self.replace else "0",
-                    *(raw for _, raw, _ in batch),
-                )
-        for (key, _, entry), status in zip(batch, statuses, strict=True):
-            if status == b"ok":
-                self.outcome.restored += 1
+                conn.send_command("EVALSHA", sha, len(keys), *keys, flag,
+                                  *(raw for _, raw, _ in batch))  # fmt: skip
+                previous = self._inflight.get(slot)
+                self._inflight[slot] = (conn, name, batch)
+                if previous is None:
+                    return
+                statuses = conn.read_response()
+                batch = previous[2]
+        self._tally(batch, statuses)
+
+    def _tally(self, batch: list[tuple[bytes, bytes, Entry]], reply: Any) -> None:
+        codes, refusals = reply
+        if isinstance(codes, bytes):
+            codes = codes.decode("ascii")
+        self.outcome.restored += codes.count("o")
+        if codes.count("o") == len(codes):
+            return
+        why = iter(refusals)
+        for (key, _, entry), code in zip(batch, codes, strict=True):
+            if code == "o":
                 continue
-            text = status.decode() if isinstance(status, bytes) else str(status)
             shown = key.decode("utf-8", "backslashreplace")
-            if text in ("ok", "would-restore", "would-replace"):
-                self.outcome.restored += 1
-                if text == "would-replace":
-                    self.outcome.note(REASONS[text], f"line {entry.number}: {shown}: {text}")
-            elif text.startswith("refused"):
-                why = text.partition(": ")[2]
+            where = f"line {entry.number}: {shown}"
+            if code == "r":
+                text = next(why)
+                text = text.decode() if isinstance(text, bytes) else str(text)
                 self.outcome.note(
-                    f"refused by the server ({why.split(' ')[0] if why else '?'} ...)",
-                    f"line {entry.number}: {shown}: refused: {why}",
+                    f"refused by the server ({text.split(' ')[0] or '?'} ...)",
+                    f"{where}: refused: {text}",
                     refused=True,
                 )
+            elif code == "R":  # a dry run: would replace a key that is there
+                self.outcome.note(REASONS["would-replace"], f"{where}: would replace")
             else:
-                self.outcome.note(REASONS.get(text, text), f"line {entry.number}: {shown}: {text}")
+                reason = REASONS["exists" if code == "e" else "expired"]
+                self.outcome.note(reason, f"{where}: {reason}")
 
-    def _dry(self, client: Any, batch: list[tuple[bytes, bytes, Entry]]) -> list[str]:
+    def _dry(self, client: Any, batch: list[tuple[bytes, bytes, Entry]]) -> str:
         pipe = client.pipeline(transaction=False)
         if not self.cluster:
             pipe.execute_command("TIME")
@@ -656,16 +705,16 @@ class Restorer:
         replies = pipe.execute()
         now = _now_ms(replies[0]) if not self.cluster else int(time.time() * 1000)
         exists = replies[1:] if not self.cluster else replies
-        statuses = []
+        statuses: list[str] = []
         for (_, _, entry), there in zip(batch, exists, strict=True):
             exp = entry.data["exp"]
             if exp and exp <= now:
-                statuses.append("expired")
+                statuses.append("x")
             elif there:
-                statuses.append("would-replace" if self.replace else "exists")
+                statuses.append("R" if self.replace else "e")
             else:
-                statuses.append("would-restore")
-        return statuses
+                statuses.append("o")
+        return "".join(statuses)
 
 
 def selection(values: Sequence[str] | None, default: Sequence[str]) -> set[str]:

@@ -442,6 +442,9 @@ def cmd_restore(ctx: _Context) -> int:
             restorer.add(entry)
         restorer.flush()
         progress.advance(step, check.size)
+    except BaseException:
+        restorer.abort()  # a reply left unread must not go back to the pool
+        raise
     finally:
         progress.close()
     if check.problem:

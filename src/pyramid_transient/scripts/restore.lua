@@ -6,9 +6,10 @@
 -- ARGV[1+i]   entry i: the backup line's JSON ("t" type, "v" value, "exp" absolute expiry
 --             in Unix milliseconds or 0, "enc" = "b64" when its strings are base64)
 --
--- Returns one status per key: "ok", "exists" (kept: no replace), "expired" (its expiry
--- has passed since the backup), or "refused: <the server's error>" (a DUMP payload the
--- server does not accept, a value it refuses).
+-- Returns {codes, refusals}: codes has one character per key, "o" written, "e" exists
+-- (kept: no replace), "x" expired (its expiry has passed since the backup), "r" refused;
+-- refusals the server's error for each "r", in order (a DUMP payload the server does
+-- not accept, a value it refuses). One short reply, not one element per key.
 local replace = ARGV[1] == '1'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -80,14 +81,14 @@ local function write(key, e)
   end
 end
 
-local statuses = {}
+local statuses, refusals = {}, {}
 for i, key in ipairs(KEYS) do
   local e = cjson.decode(ARGV[i + 1])  -- Python checked that every line is JSON
   local exp = tonumber(e.exp) or 0
   if exp > 0 and exp <= now then
-    statuses[i] = 'expired'
+    statuses[i] = 'x'
   elseif not replace and redis.call('EXISTS', key) == 1 then
-    statuses[i] = 'exists'
+    statuses[i] = 'e'
   else
     if e.enc == 'b64' then
       if e.t == 'stream' then
@@ -100,16 +101,17 @@ for i, key in ipairs(KEYS) do
         e.v = unb64(e.v)
       end
     end
-    if e.t ~= 'dump' then redis.call('DEL', key) end
+    if replace and e.t ~= 'dump' then redis.call('DEL', key) end  -- else: it is not there
     local ok, result = pcall(write, key, e)
     if not ok or (type(result) == 'table' and result.err) then
       if e.t ~= 'dump' then redis.call('DEL', key) end  -- nothing half-written
       local why = ok and result.err or (type(result) == 'table' and result.err) or result
-      statuses[i] = 'refused: ' .. tostring(why)
+      statuses[i] = 'r'
+      refusals[#refusals + 1] = tostring(why)
     else
       if exp > 0 then redis.call('PEXPIREAT', key, string.format('%.0f', exp)) end
-      statuses[i] = 'ok'
+      statuses[i] = 'o'
     end
   end
 end
-return statuses
+return {table.concat(statuses), refusals}
