@@ -845,3 +845,29 @@ def test_memory_stays_constant_whatever_the_key_count(
     # eight times the keys, about the same peak (a batch of 500 lines, a SCAN page)
     assert large[0] < small[0] * 1.5 + 200_000, (small, large)
     assert large[1] < small[1] * 1.5 + 200_000, (small, large)
+
+
+def test_ctrl_c_during_a_restore_exits_130(
+    ini: str, transient_manager: RedisManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = transient_manager.get()
+    client.mset({transient_manager.keyspace("store").key(f"k{i}"): b"1" for i in range(1200)})
+    backup = tmp_path / "b.jsonl"
+    assert run(ini, "backup", str(backup)).status == 0
+    client.flushdb()
+    calls = []
+    original = _backup.Restorer.add
+
+    def add(self: Any, entry: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1100:  # two batches sent, one reply still in flight
+            raise KeyboardInterrupt
+        original(self, entry)
+
+    monkeypatch.setattr(_backup.Restorer, "add", add)
+    result = run(ini, "restore", str(backup))
+    assert result.status == 130 and "interrupted" in result.err and "Traceback" not in result.err
+    monkeypatch.undo()
+    # the connection whose reply was never read went nowhere: the next command is fine
+    assert client.ping() and run(ini, "restore", str(backup)).status == 0
+    assert client.dbsize() == 1200

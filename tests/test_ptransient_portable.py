@@ -234,3 +234,25 @@ def test_cluster_to_single_server_and_back(
     factory = session_factory_from_settings({**transient_cluster_settings, **secret}, cluster)
     (key,) = [k for k in cluster.get("sessions").scan_iter(match="tcluster:sessions:session:*")]
     factory.unseal(key.decode(), cluster.get("sessions").get(key))
+
+
+@pytest.mark.sentinel
+def test_backup_and_restore_through_sentinel(
+    transient_sentinel_manager: RedisManager,
+    transient_sentinel_settings: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    manager = transient_sentinel_manager
+    populate(manager, transient_sentinel_settings)
+    before = comparable(snapshot(manager))
+    ini = write_ini(tmp_path / "s.ini", transient_sentinel_settings,
+                    **{"redis.sessions.secret": "cli-secret"})  # fmt: skip
+    backup = tmp_path / "s.jsonl"
+    assert run(ini, "backup", "--capability", "cache", "--capability", "sessions",
+               "--capability", "store", "--capability", "models", "--capability", "safe",
+               str(backup)).status == 0  # fmt: skip
+    for name in manager.names:
+        manager.get(name).flushdb()
+    result = run(ini, "restore", str(backup))
+    assert result.status == 0, result.out + result.err
+    assert comparable(snapshot(manager)) == before
