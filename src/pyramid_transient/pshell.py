@@ -62,8 +62,9 @@ class Models:
 
     def __init__(self, classes: Mapping[str, type]) -> None:
         self.__dict__.update(classes)
-        names = ", ".join(sorted(classes)) or "none imported"
-        self.__doc__ = f"RedisModel classes by name: models.Item.objects.get(1) ({names})"
+        names = sorted(classes)
+        shown = ", ".join(names[:4]) + (f", ... {len(names) - 4} more" if len(names) > 4 else "")
+        self.__doc__ = f"RedisModel classes by name, models.Item ({shown or 'none imported'})"
 
     def __repr__(self) -> str:
         names = sorted(k for k in self.__dict__ if not k.startswith("_"))
