@@ -255,3 +255,31 @@ def test_backup_and_restore_through_sentinel(
     result = run(ini, "restore", str(backup))
     assert result.status == 0, result.out + result.err
     assert comparable(snapshot(manager)) == before
+
+
+@pytest.mark.cluster
+def test_info_keys_show_and_flush_on_a_cluster(
+    transient_cluster: RedisClusterGroup,
+    transient_cluster_manager: RedisManager,
+    transient_cluster_settings: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    from pyramid_transient.store import section
+
+    cluster = transient_cluster_manager
+    for i in range(30):
+        section(f"s{i}", redis=cluster).set("v", i)
+    cluster.get("default").set("foreign", b"1")
+    ini = write_ini(tmp_path / "c.ini", transient_cluster_settings)
+    result = run(ini, "info")
+    masters = [line for line in result.out.splitlines() if line.startswith("db 0 (master")]
+    assert result.status == 0 and len(masters) == 3 and "store" in result.out
+    listed = run(ini, "keys", "--capability", "store").out.splitlines()
+    assert len(listed) >= 60 and all(":store:" in line for line in listed)
+    key = listed[0].split("\t")[1]
+    shown = run(ini, "show", key)
+    assert shown.status == 0 and "capability store" in shown.out
+    result = run(ini, "flush", "--db", "default", "--capability", "store", "--yes")
+    assert result.status == 0 and f"deleted {len(listed)} keys" in result.out
+    assert run(ini, "keys", "--capability", "store").out == ""
+    assert cluster.get("default").get("foreign") == b"1"
