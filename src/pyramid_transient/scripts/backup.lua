@@ -89,20 +89,22 @@ for _, key in ipairs(page[2]) do
       if ttl == -2 then
         -- expired meanwhile
       else
-        local line = {
-          db = where[2], cap = where[1], key = rel, t = kind, v = value,
-          exp = ttl > 0 and now + ttl or 0,
-        }
+        -- Written field by field, in the order Python writes them, so that a restore
+        -- can read a line's head (db, cap, key, t, exp, enc) without parsing its value.
+        local enc = ''
         if high(value) then  -- binary (a sealed session): base64, as Python writes it
-          line.enc = 'b64'
-          line.key = b64(rel)
+          enc = '"enc":"b64",'
+          rel = b64(rel)
           if type(value) == 'string' then
-            line.v = b64(value)
+            value = b64(value)
           else
             for i = 1, #value do value[i] = b64(value[i]) end
           end
         end
-        lines[#lines + 1] = cjson.encode(line)
+        lines[#lines + 1] = '{"db":' .. cjson.encode(where[2]) .. ',"cap":' ..
+          cjson.encode(where[1]) .. ',"key":' .. cjson.encode(rel) .. ',"t":"' .. kind ..
+          '","exp":' .. string.format('%.0f', ttl > 0 and now + ttl or 0) .. ',' .. enc ..
+          '"v":' .. cjson.encode(value) .. '}'
       end
     end
   end

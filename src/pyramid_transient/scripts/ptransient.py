@@ -284,8 +284,8 @@ def cmd_backup(ctx: _Context) -> int:
         progress = Progress("backup", ctx.err, total=total, estimate=True, quiet=args.quiet)
         chosen = set(names)
         for source in all_sources:
-            for scanned, lines in fmt.Reader(source, capabilities, chosen).pages():
-                writer.lines(lines)
+            for scanned, blob, count in fmt.Reader(source, capabilities, chosen).pages():
+                writer.lines(blob, count)
                 progress.advance(scanned)
         writer.finish()
     except BaseException:
@@ -330,7 +330,7 @@ def _rekey_sessions(ctx: _Context, header: dict[str, Any], outcome: fmt.Outcome)
             return entry.raw
         from pyramid_session_redis.exceptions import InvalidSession_DeserializationError
 
-        data = dict(entry.data)
+        data = json.loads(entry.raw)  # the whole line: entry.data may hold its head only
         b64 = data.get("enc") == "b64"
         raw = base64.b64decode(data["v"]) if b64 else str(data["v"]).encode("utf-8")
         why = "no redis.sessions.secret in the ini to seal it again"
@@ -408,7 +408,7 @@ def cmd_restore(ctx: _Context) -> int:
     known: dict[str, str] = {}  # per database name: "ok", "unselected" or "unknown"
     step = 0
     try:
-        for entry, read in fmt.entries(args.file, on_bad):
+        for entry, read in fmt.entries(args.file, on_bad, fast=not check.problem):
             step += 1
             if step == 512:
                 progress.advance(step, read)
