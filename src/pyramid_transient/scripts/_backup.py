@@ -1,14 +1,15 @@
 """The backup format and the two halves that read and write it (docs/cli.rst, "Format").
 
-A backup is UTF-8 JSON lines:
+A backup is ASCII JSON lines:
 
 * a header: ``{"format": "ptransient-backup", "version": 2, "key_prefix": ..., "mode":
   ..., "server": ..., "created": ..., "capabilities": [...]}``;
 * one line per key: ``db`` (the database *name*), ``cap`` (the capability), ``key`` (the
   key without the app's prefix and namespace), ``t`` (its Redis type, or ``dump``),
   ``v`` (its value in a portable form per type), ``exp`` (absolute expiry, Unix
-  milliseconds, 0 for none) and ``enc`` = ``"b64"`` when the key and the value's strings
-  are base64 (a key or a value that is not UTF-8);
+  milliseconds, 0 for none) and ``enc`` = ``"latin1"`` when each character of the key's
+  and the value's strings stands for one byte (binary data, escaped as ``\u0080`` ..
+  ``\u00ff``; ``"b64"``, base64, is read too), for a key or value that is not ASCII;
 * an end line: ``{"end": "ptransient-backup", "keys": N, "sha256": ...}``, the digest of
   every byte before it.
 
@@ -106,8 +107,8 @@ def name_for(manager: RedisManager, capability: str, db: int) -> str:
     return "default"
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+def _latin1(data: bytes) -> str:
+    return data.decode("latin-1")
 
 
 def entry_line(db: str, cap: str, rel: bytes, kind: str, value: Any, exp: int) -> str:
@@ -131,7 +132,7 @@ def entry_line(db: str, cap: str, rel: bytes, kind: str, value: Any, exp: int) -
                 item.decode("utf-8")
         except UnicodeDecodeError:
             text = False
-    conv: Callable[[bytes], str] = (lambda b: b.decode("utf-8")) if text else _b64
+    conv: Callable[[bytes], str] = (lambda b: b.decode("utf-8")) if text else _latin1
     if kind == "stream":
         v: Any = {
             "entries": [[conv(i), [conv(f) for f in fs]] for i, fs in value["entries"]],
@@ -145,7 +146,7 @@ def entry_line(db: str, cap: str, rel: bytes, kind: str, value: Any, exp: int) -
     # The order of backup.lua's lines: a restore reads the head without parsing the value.
     line: dict[str, Any] = {"db": db, "cap": cap, "key": conv(rel), "t": kind, "exp": exp}
     if not text:
-        line["enc"] = "b64"
+        line["enc"] = "latin1"
     line["v"] = v
     return json.dumps(line, separators=(",", ":"))
 
@@ -502,7 +503,7 @@ _TYPES = frozenset(("string", "hash", "list", "set", "zset", "stream", "dump"))
 #: without parsing the value, which the restore script decodes.
 HEAD = re.compile(
     rb'\{"db":"([\w.-]+)","cap":"(\w+)","key":"([^"\\]*)","t":"(\w+)","exp":(\d+),'
-    rb'(?:"enc":"(b64)",)?"v":'
+    rb'(?:"enc":"(b64|latin1)",)?"v":'
 )
 
 
@@ -524,7 +525,7 @@ def entries(
             head = HEAD.match(line) if fast else None
             if head is not None:  # the file's digest matched: the line is as written
                 db, cap, key, kind, exp, enc = head.groups()
-                rel = base64.b64decode(key) if enc else key
+                rel = base64.b64decode(key) if enc == b"b64" else key  # latin1: ASCII
                 data = {"t": kind.decode(), "exp": int(exp)}
                 entry = Entry(number, line.rstrip(b"\n"), db.decode(), cap.decode(), rel, data)
                 yield entry, read
@@ -534,6 +535,8 @@ def entries(
                 rel_text = data["key"]
                 if data.get("enc") == "b64":
                     rel = base64.b64decode(rel_text, validate=True)
+                elif data.get("enc") == "latin1":
+                    rel = rel_text.encode("latin-1")
                 else:
                     rel = rel_text.encode("utf-8")
                 if data["t"] not in _TYPES:

@@ -19,7 +19,8 @@
 -- Returns {next cursor, keys scanned, text, later}: text holds one JSON line per key
 -- ("\n" after each), later the keys left to Python: streams, module types, and keys
 -- with bytes above 127 (Python checks them for UTF-8). A value with a byte above 127
--- (a sealed session, binary data; UTF-8 text too) is written in base64 ("enc": "b64").
+-- (a sealed session, binary data; UTF-8 text too) is written with "enc": "latin1": each
+-- byte above 127 as the JSON escape \u0080 .. \u00ff, so the file stays ASCII.
 -- "exp" is the key's absolute expiry in Unix milliseconds by this server's clock (0: none).
 local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
 local cut = tonumber(ARGV[4])
@@ -37,30 +38,10 @@ local READ = {
   set = function(key) return redis.call('SMEMBERS', key) end,
   zset = function(key) return redis.call('ZRANGE', key, 0, -1, 'WITHSCORES') end,
 }
-local B = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
-local E = {}
-for i = 0, 63 do E[i] = string.sub(B, i + 1, i + 1) end
-local E2 = {}
-for i = 0, 4095 do E2[i] = E[math.floor(i / 64)] .. E[i % 64] end
-local function b64(s)
-  local out, n, len = {}, 0, #s
-  for i = 1, len - 2, 3 do
-    local a, b, c = string.byte(s, i, i + 2)
-    local x = a * 65536 + b * 256 + c
-    n = n + 1
-    out[n] = E2[math.floor(x / 4096)] .. E2[x % 4096]
-  end
-  local rest = len % 3
-  if rest == 1 then
-    local a = string.byte(s, len)
-    n = n + 1; out[n] = E2[a * 16] .. '=='
-  elseif rest == 2 then
-    local a, b = string.byte(s, len - 1, len)
-    local x = a * 1024 + b * 4
-    n = n + 1; out[n] = E2[math.floor(x / 64)] .. E[x % 64] .. '='
-  end
-  return table.concat(out)
-end
+-- A byte above 127 inside cjson's output, as the JSON escape of the code point of the
+-- same number: the "latin1" encoding of a line (each character of its strings is one byte)
+local LATIN1 = {}
+for byte = 128, 255 do LATIN1[string.char(byte)] = string.format('\\u%04x', byte) end
 
 local function high(value)  -- a byte above 127 anywhere in the value
   if type(value) == 'string' then return string.find(value, '[\128-\255]') ~= nil end
@@ -91,20 +72,16 @@ for _, key in ipairs(page[2]) do
       else
         -- Written field by field, in the order Python writes them, so that a restore
         -- can read a line's head (db, cap, key, t, exp, enc) without parsing its value.
+        local v = cjson.encode(value)
         local enc = ''
-        if high(value) then  -- binary (a sealed session): base64, as Python writes it
-          enc = '"enc":"b64",'
-          rel = b64(rel)
-          if type(value) == 'string' then
-            value = b64(value)
-          else
-            for i = 1, #value do value[i] = b64(value[i]) end
-          end
+        if high(value) then  -- binary (a sealed session): escaped, as Python writes it
+          enc = '"enc":"latin1",'
+          v = string.gsub(v, '[\128-\255]', LATIN1)
         end
         lines[#lines + 1] = '{"db":' .. cjson.encode(where[2]) .. ',"cap":' ..
           cjson.encode(where[1]) .. ',"key":' .. cjson.encode(rel) .. ',"t":"' .. kind ..
           '","exp":' .. string.format('%.0f', ttl > 0 and now + ttl or 0) .. ',' .. enc ..
-          '"v":' .. cjson.encode(value) .. '}'
+          '"v":' .. v .. '}'
       end
     end
   end

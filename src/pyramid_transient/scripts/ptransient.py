@@ -331,8 +331,13 @@ def _rekey_sessions(ctx: _Context, header: dict[str, Any], outcome: fmt.Outcome)
         from pyramid_session_redis.exceptions import InvalidSession_DeserializationError
 
         data = json.loads(entry.raw)  # the whole line: entry.data may hold its head only
-        b64 = data.get("enc") == "b64"
-        raw = base64.b64decode(data["v"]) if b64 else str(data["v"]).encode("utf-8")
+        enc = data.get("enc")
+        if enc == "b64":
+            raw = base64.b64decode(data["v"])
+        elif enc == "latin1":
+            raw = str(data["v"]).encode("latin-1")
+        else:
+            raw = str(data["v"]).encode("utf-8")
         why = "no redis.sessions.secret in the ini to seal it again"
         if factory is not None:
             try:
@@ -341,10 +346,9 @@ def _rekey_sessions(ctx: _Context, header: dict[str, Any], outcome: fmt.Outcome)
                 why = "its HMAC does not verify with this ini's secret"
             else:
                 sealed = factory.seal(new_key, payload)
-                data["v"] = base64.b64encode(sealed).decode("ascii")
-                data["enc"] = "b64"
-                if not b64:
-                    data["key"] = base64.b64encode(entry.rel).decode("ascii")
+                data["v"] = sealed.decode("latin-1")
+                data["key"] = entry.rel.decode("latin-1")
+                data["enc"] = "latin1"
                 return json.dumps(data, separators=(",", ":")).encode()
         outcome.note(
             f"sessions sealed for their old key, refused ({why})",

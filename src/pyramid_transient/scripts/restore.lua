@@ -4,7 +4,8 @@
 -- KEYS[i]     the key to write entry i to (the app's key prefix and namespace today)
 -- ARGV[1]     "1" to replace existing keys, "0" to leave them alone
 -- ARGV[1+i]   entry i: the backup line's JSON ("t" type, "v" value, "exp" absolute expiry
---             in Unix milliseconds or 0, "enc" = "b64" when its strings are base64)
+--             in Unix milliseconds or 0, "enc" = "latin1" when each character of its
+--             strings is one byte, "b64" when they are base64)
 --
 -- Returns {codes, refusals}: codes has one character per key, "o" written, "e" exists
 -- (kept: no replace), "x" expired (its expiry has passed since the backup), "r" refused;
@@ -28,6 +29,15 @@ local function unb64(s)
     out[n] = chunk
   end
   return table.concat(out)
+end
+
+-- cjson decodes \u0080 .. \u00ff into two UTF-8 bytes: back to the one byte they stand for
+local BYTE = {}
+for byte = 128, 255 do
+  BYTE[string.char(192 + math.floor(byte / 64), 128 + byte % 64)] = string.char(byte)
+end
+local function unlatin1(s)
+  return (string.gsub(s, '[\194\195][\128-\191]', BYTE))
 end
 
 local function each(list, f)  -- f(list[i]) for every string of a (possibly nested) list
@@ -90,15 +100,16 @@ for i, key in ipairs(KEYS) do
   elseif not replace and redis.call('EXISTS', key) == 1 then
     statuses[i] = 'e'
   else
-    if e.enc == 'b64' then
+    local decode = (e.enc == 'b64' and unb64) or (e.enc == 'latin1' and unlatin1) or nil
+    if decode then
       if e.t == 'stream' then
-        each(e.v.entries, unb64)
-        each(e.v.groups, unb64)
-        e.v.last = unb64(e.v.last)
+        each(e.v.entries, decode)
+        each(e.v.groups, decode)
+        e.v.last = decode(e.v.last)
       elseif type(e.v) == 'table' then
-        each(e.v, unb64)
+        each(e.v, decode)
       else
-        e.v = unb64(e.v)
+        e.v = decode(e.v)
       end
     end
     if replace and e.t ~= 'dump' then redis.call('DEL', key) end  -- else: it is not there
