@@ -27,7 +27,10 @@ local cut = tonumber(ARGV[4])
 local n = tonumber(ARGV[5])
 local map = {}
 for i = 0, n - 1 do
-  map[ARGV[6 + 3 * i]] = {ARGV[7 + 3 * i], ARGV[8 + 3 * i]}
+  local cap, name = ARGV[7 + 3 * i], ARGV[8 + 3 * i]
+  -- each line's head, encoded once per segment rather than once per key
+  map[ARGV[6 + 3 * i]] = {cap, name, '{"db":' .. cjson.encode(name) .. ',"cap":' ..
+    cjson.encode(cap) .. ',"key":'}
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -78,8 +81,7 @@ for _, key in ipairs(page[2]) do
           enc = '"enc":"latin1",'
           v = string.gsub(v, '[\128-\255]', LATIN1)
         end
-        lines[#lines + 1] = '{"db":' .. cjson.encode(where[2]) .. ',"cap":' ..
-          cjson.encode(where[1]) .. ',"key":' .. cjson.encode(rel) .. ',"t":"' .. kind ..
+        lines[#lines + 1] = where[3] .. cjson.encode(rel) .. ',"t":"' .. kind ..
           '","exp":' .. string.format('%.0f', ttl > 0 and now + ttl or 0) .. ',' .. enc ..
           '"v":' .. v .. '}'
       end
