@@ -125,7 +125,7 @@ def _queue_length(manager: RedisManager) -> int:
 
 
 def test_the_starter_layout_following_the_page(project: Any) -> None:
-    where, ini = project()
+    _where, ini = project()
     app, testapp = _app(ini)
     manager = get_manager(app.registry)
     renamed = get_safe("myproject.tasks", manager)
@@ -157,7 +157,6 @@ def test_the_starter_layout_following_the_page(project: Any) -> None:
 
     # a worker bootstrapped from the same ini runs the committed task
     from celery.contrib.testing.worker import start_worker
-
     from myproject.tasks import celery_app
 
     from pyramid_transient.celery import bootstrap_worker
@@ -179,7 +178,7 @@ def test_the_starter_layout_following_the_page(project: Any) -> None:
 
 
 def test_the_committing_test_app_refuses_the_starters_shared_transaction(project: Any) -> None:
-    where, ini = project()
+    _where, ini = project()
     app, _ = _app(ini)
     with pytest.raises(ValueError, match="own transaction"):
         committing_testapp(app, **{"tm.active": True})
@@ -194,12 +193,10 @@ def test_a_real_celery_worker_process_runs_only_committed_tasks(
     renamed = get_safe("myproject.tasks", manager)
     testapp.post("/page/1/rename", {"title": "Never", "fail": "1"}, status=500)
     testapp.post("/page/1/rename", {"title": "Committed"}, status=303)
+    # the page's command line, with a pool that suits a test
+    command = "celery -A myproject.tasks worker --ini testing.ini --pool solo --loglevel INFO"
     worker = subprocess.Popen(
-        [
-            sys.executable, "-m", "celery", "-A", "myproject.tasks", "worker",
-            "--ini", str(ini), "--pool", "solo", "--without-gossip", "--without-mingle",
-            "--without-heartbeat", "--loglevel", "INFO",
-        ],  # fmt: skip
+        [sys.executable, "-m", *command.split()],
         cwd=where,
         env={**os.environ, "PYTHONPATH": str(where)},
         stdout=subprocess.PIPE,
@@ -216,7 +213,7 @@ def test_a_real_celery_worker_process_runs_only_committed_tasks(
 
 
 def test_the_warning_names_the_fix(project: Any, caplog: pytest.LogCaptureFixture) -> None:
-    where, ini = project(unhooked=True)
+    _where, ini = project(unhooked=True)
     app, _ = _app(ini)
     from myproject.models import Page
 
@@ -234,7 +231,7 @@ def test_the_warning_names_the_fix(project: Any, caplog: pytest.LogCaptureFixtur
 
 
 def test_the_hooked_starter_does_not_warn(project: Any, caplog: pytest.LogCaptureFixture) -> None:
-    where, ini = project()
+    _where, ini = project()
     app, _ = _app(ini)
     from myproject.models import Page
 
