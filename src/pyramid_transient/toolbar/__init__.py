@@ -27,7 +27,15 @@ from typing import Any
 from redis.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
-__all__ = ["Command", "RedisPanel", "includeme", "install", "parse_packed"]
+__all__ = [
+    "Command",
+    "RedisPanel",
+    "capability_of",
+    "includeme",
+    "install",
+    "parse_packed",
+    "summarize",
+]
 
 _ATTRIBUTE = "pdtb_transient_commands"
 
