@@ -247,3 +247,23 @@ def test_the_hooked_starter_does_not_warn(project: Any, caplog: pytest.LogCaptur
 
 def test_redis_is_the_test_server(transient_redis_url: str) -> None:
     assert redis.Redis.from_url(transient_redis_url).ping()
+
+
+def test_the_projects_own_suite_passes_with_the_pages_recipe(tmp_path: Path) -> None:
+    # docs/adopting/tests: the conftest of the page's recipe (testing.ini merged with the
+    # plugin's server by app_test_settings, transient_testapp committing each request).
+    for name in ("myproject", "tests"):
+        shutil.copytree(PAGE / name, tmp_path / name)
+    shutil.copy(PAGE / "testing.ini", tmp_path / "testing.ini")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env["PYTHONPATH"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout, result.stdout
