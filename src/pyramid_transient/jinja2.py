@@ -9,7 +9,7 @@ them on every pyramid_jinja2 environment of the app, whichever is included first
 Globals (:data:`GLOBALS`): ``pop_messages``, ``peek_messages``, ``render_messages``,
 ``cache_key(*fragments)`` (the current request's ``request.cache_key``), ``row_identity``
 and ``table_identity``. The ``{% cache key[, region[, expiration]] %}`` tag
-(:class:`CacheExtension`) renders its body once per key into the region (``default``
+(``CacheExtension``) renders its body once per key into the region (``default``
 unless named; a key from ``cache_key`` changes when the data behind it does) and serves
 it from there afterwards. Without pyramid_jinja2 this include does nothing.
 """
