@@ -8,11 +8,14 @@ request given or the current one, else the thread's default manager); the data m
 runs it in ``tpc_finish``, after every other resource, the SQL database included, has
 committed. Nothing there may raise into the application.
 
-An action is never sent again after it failed: a connection error may come after Redis ran
-it (a lost reply), and a second send would apply it twice. A failure is logged at ERROR,
-naming the action, and announced as an :class:`AfterCommitFailed` event, which an app can
-subscribe to (``config.add_subscriber(tell_the_user, AfterCommitFailed)``) to tell the user
-or to queue a repair.
+A connection error may come after Redis ran an action (a lost reply), so an action is sent
+again only when it was recorded as *idempotent*: its write carries its own identity, so
+that a copy of one already applied is a no-op (models' deferred saves and deletes). Such an
+action is sent once more after :class:`~pyramid_transient.exceptions.Unavailable`; any
+other action is never sent twice. What still fails is logged at ERROR, naming the action,
+and announced as an :class:`AfterCommitFailed` event, which an app can subscribe to
+(``config.add_subscriber(tell_the_user, AfterCommitFailed)``) to tell the user or to queue
+a repair.
 
 Used by ``flash(..., on_commit=True)`` and by models' ``save(on_commit=True)``.
 """
@@ -23,6 +26,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .exceptions import Unavailable
+
 log = logging.getLogger(__name__)
 
 __all__ = ["AfterCommit", "AfterCommitFailed", "after_commit", "transaction_manager_of"]
@@ -32,7 +37,8 @@ class AfterCommitFailed:
     """A Pyramid event: work deferred to the commit failed after the database committed.
 
     Notified on the current registry (inside a request: the app's), once per failed
-    action, after it was logged. The action is not retried (see the module docstring).
+    action, after it was logged (and, for an idempotent action, after its one re-send
+    failed too; see the module docstring).
     """
 
     def __init__(self, what: str, error: BaseException) -> None:
@@ -72,14 +78,14 @@ class AfterCommit:
     def __init__(self, transaction_manager: Any = None) -> None:
         #: Used by ``transaction`` for savepoints and by ``IDataManager`` conformance.
         self.transaction_manager = transaction_manager
-        #: ``(description, callable)`` pairs, run in order after the commit.
-        self.work: list[tuple[str, Callable[[], None]]] = []
+        #: ``(description, callable, idempotent)``, run in order after the commit.
+        self.work: list[tuple[str, Callable[[], None], bool]] = []
         #: Whether the transaction holds this manager. Rolling back a savepoint taken
         #: before it joined aborts it and removes it from the transaction.
         self.joined = False
 
-    def add(self, what: str, action: Callable[[], None]) -> None:
-        self.work.append((what, action))
+    def add(self, what: str, action: Callable[[], None], idempotent: bool = False) -> None:
+        self.work.append((what, action, idempotent))
 
     # IDataManager
     def abort(self, txn: Any) -> None:
@@ -98,14 +104,23 @@ class AfterCommit:
     def tpc_finish(self, txn: Any) -> None:
         # The database has committed: log, never raise.
         work, self.work = self.work, []
-        for what, action in work:
+        for what, action, idempotent in work:
+            sent = 1
             try:
-                action()
+                try:
+                    action()
+                except Unavailable as exc:
+                    if not idempotent:
+                        raise
+                    log.info("%s: sending it again after %s (a copy is a no-op)", what, exc)
+                    sent += 1
+                    action()
             except Exception as exc:
                 log.error(
                     "%s failed after the transaction committed and was not applied, or its "
-                    "outcome is unknown (never sent twice): %s",
+                    "outcome is unknown (%s): %s",
                     what,
+                    "sent twice, applied at most once" if sent > 1 else "never sent twice",
                     exc,
                     exc_info=True,
                 )
@@ -150,6 +165,7 @@ def after_commit(
     *,
     transaction_manager: Any = None,
     request: Any = None,
+    idempotent: bool = False,
 ) -> AfterCommit:
     """Run ``action`` after the current transaction commits; drop it on abort.
 
@@ -158,6 +174,10 @@ def after_commit(
         ``request.tm`` of ``request`` (or of the current request), else the thread's
         default manager.
     :param request: the request whose ``request.tm`` to join.
+    :param idempotent: ``action`` may be sent once more after
+        :class:`~pyramid_transient.exceptions.Unavailable`, because a second copy of a
+        write that was applied is a no-op (its write carries its identity). Leave it
+        ``False`` unless that is true.
     :returns: the data manager of the current transaction (one per transaction).
     :raises ~pyramid_transient.exceptions.InvalidArgument: ``action`` is not callable
         (checked now, not after the commit, when nobody could be told).
@@ -178,5 +198,5 @@ def after_commit(
     if not manager.joined:
         txn.join(manager)
         manager.joined = True
-    manager.add(what, action)
+    manager.add(what, action, idempotent)
     return manager

@@ -144,7 +144,7 @@ def test_a_save_that_fails_after_the_commit_is_logged_and_the_redirect_still_ans
     real_finish = transactions.AfterCommit.tpc_finish
 
     def failing_finish(self: Any, txn: Any) -> None:
-        self.work = [(what, _fail) for what, _action in self.work]
+        self.work = [(what, _fail, idempotent) for what, _action, idempotent in self.work]
         real_finish(self, txn)
 
     def _fail() -> None:
@@ -159,4 +159,38 @@ def test_a_save_that_fails_after_the_commit_is_logged_and_the_redirect_still_ans
     assert response.status_int == 303
     assert "failed after the transaction committed" in caplog.text
     monkeypatch.undo()
-    assert "0 in all" in testapp.get("/models").text
+    page = testapp.get("/models")
+    assert "0 in all" in page.text
+    assert "may not have been applied" in page.html.select_one("#messages .msg-error").text
+
+
+def test_a_deferred_save_lost_after_the_commit_is_told_to_the_visitor(
+    make_app: Any, transient_redis_url: str, fault_proxy: Any
+) -> None:
+    # Both sends of the save (the first and the one re-sent after its lost reply) have
+    # their replies lost: the write's outcome is unknown, and the visitor is told so.
+    port = int(transient_redis_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = fault_proxy(port)
+    testapp = make_app(**{"transient.url": f"redis://127.0.0.1:{proxy.port}"})
+    csrf = token(testapp)
+    proxy.lose_replies(b"EVALSHA", times=2)
+    response = testapp.post(
+        "/models",
+        {"csrf_token": csrf, "action": "add", "title": "t", "priority": "1", "status": "todo"},
+    )
+    assert response.status_int == 303
+    assert proxy.count(b"EVALSHA") >= 2
+    page = response.follow()
+    message = page.html.select_one("#messages .msg-error")
+    assert message is not None
+    assert "may not have been applied" in message.text
+    assert "Check the list below" in message.text
+    # it was applied (the replies were lost after the server ran it), and listed
+    assert titles(page) == ["t"]
+    # shown once
+    assert testapp.get("/models").html.select_one("#messages .msg-error") is None
+
+
+def test_a_deferred_save_that_works_tells_nothing(testapp: webtest.TestApp) -> None:
+    page = add(testapp, "fine").follow()
+    assert page.html.select_one("#messages").text.strip() == ""

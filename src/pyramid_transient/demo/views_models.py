@@ -2,8 +2,11 @@
 
 Saves and deletes are deferred to pyramid_tm's commit (``on_commit=True``): a request that
 fails or is aborted writes nothing, and a committed one writes after its commit, before
-the redirect is sent. A write that fails at that moment (Redis unreachable) is logged,
-not reported: the redirect is answered all the same, so it does not prove the write.
+the redirect is sent. A write whose reply is lost at that moment is sent once more (it
+carries its identity, so it is applied once); one that still fails is logged and
+announced as an :class:`~pyramid_transient.transactions.AfterCommitFailed` event, which
+this page turns into an error message shown after the redirect: the redirect alone does
+not prove the write.
 Form fields are checked first: an invalid task, an unknown task or a filter outside its
 range answers 400 with the page and the reason.
 """
@@ -18,7 +21,9 @@ from pyramid.httpexceptions import HTTPSeeOther
 from pyramid.renderers import render_to_response
 
 from ..exceptions import ObjectNotFound
+from ..messages import flash, pop_messages, render_messages
 from ..models import RedisModel
+from ..transactions import AfterCommitFailed
 from . import inputs
 
 #: Longest task id the forms take (generated ids are far shorter).
@@ -65,6 +70,7 @@ def _page(request: Any, error: str | None = None) -> dict[str, Any]:
     if error is not None:
         request.response.status = 400
     return {
+        "messages": render_messages(pop_messages(request)),
         "tasks": tasks,
         "key_of": DemoTask.objects.key_of,
         "total": DemoTask.objects.count(),
@@ -120,7 +126,24 @@ def _render_error(request: Any, message: str) -> Any:
     )
 
 
+def tell_the_user(event: AfterCommitFailed) -> None:
+    """Flash the failure of a deferred write to the visitor whose request made it."""
+    from pyramid.threadlocal import get_current_request
+
+    request = get_current_request()
+    if request is None or not event.what.startswith("deferred "):
+        return
+    what = event.what.removeprefix("deferred ").replace("DemoTask", "task")
+    flash(
+        request,
+        f"The {what} may not have been applied: Redis could not be reached after the "
+        "commit. Check the list below, and try again if it is not there.",
+        "error",
+    )
+
+
 def includeme(config: Any) -> None:
+    config.add_subscriber(tell_the_user, AfterCommitFailed)
     config.add_route("models", "/models")
     config.add_view(
         models_page, route_name="models", request_method="GET", renderer="models.jinja2"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
@@ -42,13 +43,15 @@ M = TypeVar("M", bound="RedisModel")
 
 def _defer(what: str, action: Callable[[], None]) -> None:
     """Run ``action`` after the commit of pyramid_tm's ``request.tm`` inside a request,
-    else of the thread's current ``transaction``."""
+    else of the thread's current ``transaction``. It is idempotent (a deferred save carries
+    its write identity; a deferred delete re-sent finds the object gone), so it is sent
+    once more if Redis could not be reached."""
     from pyramid.threadlocal import get_current_request
 
     # request.tm is pyramid_tm's manager (tm.manager_hook may make it other than the
     # thread's default); a request without pyramid_tm has no such attribute.
     tm = getattr(get_current_request(), "tm", None)
-    after_commit(what, action, transaction_manager=tm)
+    after_commit(what, action, transaction_manager=tm, idempotent=True)
 
 
 class Manager(Generic[M]):
@@ -297,13 +300,17 @@ class Manager(Generic[M]):
             retry_id = meta.generated_id is int and not on_commit
         index_args = self._index_args(obj, pk)
         requested_on = obj._version  # the version the payload was built on
+        # A deferred save may be sent twice (a reply lost after the commit): its identity,
+        # kept in the object's record, makes the copy a no-op.
+        write_id = secrets.token_hex(8) if on_commit else ""
 
         def write() -> None:
             keys = self._keys()
             data_key = keys.data if meta.layout == "hash" else keys.obj(pk)
             base = obj._deferred_base(requested_on) if on_commit else requested_on
             expected = str(base) if check else ""
-            args = [pk, payload, "" if ttl is None else ttl, expected, PURGE_BATCH, *index_args]
+            args = [pk, payload, "" if ttl is None else ttl, expected, PURGE_BATCH, write_id]
+            args += index_args
             ok, version = self._run(keys, "save", data_key, (), args)
             if not ok and retry_id:
                 # A generated int id already taken: the counter was set back (a restored
@@ -346,13 +353,17 @@ class Manager(Generic[M]):
         pk = self.key_of(obj)
         result: list[bool] = [False]
         requested_on = obj._version
+        sent = [0]
 
         def remove() -> None:
             keys = self._keys()
             extra = [keys.obj(pk)] if meta.layout == "key" else []
             base = obj._deferred_base(requested_on) if on_commit else requested_on
             args = ["check", pk, base] if check else ["", pk, ""]
+            sent[0] += 1
             ok, n = self._run(keys, "delete", keys.data, extra, args)
+            if not ok and sent[0] > 1 and int(n) == 0:
+                ok = True  # re-sent after a lost reply: the first copy deleted it
             if not ok:
                 raise ConflictError(
                     f"{self._name} {pk!r} was changed since it was read (version "

@@ -1,6 +1,7 @@
 -- Prepended to every script.
 -- KEYS[1]   all:  sorted set, pk -> deadline in ms on the server clock ('inf': never)
--- KEYS[2]   meta: hash, pk -> '<version>|' then '<len>:<field><len>:<member>' per index entry;
+-- KEYS[2]   meta: hash, pk -> '<version>[#<write id>]|' then '<len>:<field><len>:<member>'
+--                 per index entry (the write id of a deferred save, see save.lua);
 --                 field "\0seq" holds the class's version counter
 -- KEYS[3]   data: hash layout: the hash pk -> JSON; key layout: the object's key in
 --                 single-object scripts, unused otherwise

@@ -4,7 +4,10 @@
 -- ARGV[base+2]   time to live in ms, or '' to never expire
 -- ARGV[base+3]   the version the caller read ('0': must not exist), or '' to skip the check
 -- ARGV[base+4]   how many expired objects of the class to clean up on the way
--- ARGV[base+5 ..] (field, member, score) per index entry
+-- ARGV[base+5]   the write's identity (hex), or '': a save whose identity is already in
+--                the object's record was applied before (a copy re-sent after a lost
+--                reply) and is a no-op answering {1, current version}
+-- ARGV[base+6 ..] (field, member, score) per index entry
 -- Returns {1, new version}, or {0, current version} when the check failed.
 local limit = tonumber(ARGV[base + 4])
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
@@ -14,6 +17,11 @@ local current = 0
 local deadline = redis.call('ZSCORE', KEYS[1], pk)
 if deadline then
   if live(deadline) then current = version_of(redis.call('HGET', KEYS[2], pk)) else drop(pk) end
+end
+local write_id = ARGV[base + 5]
+if write_id ~= '' and current > 0 then
+  local rec = redis.call('HGET', KEYS[2], pk)
+  if string.find(rec, '#' .. write_id .. '|', 1, true) then return answer({1, current}) end
 end
 if ARGV[base + 3] ~= '' and tonumber(ARGV[base + 3]) ~= current then
   return answer({0, current})
@@ -37,7 +45,8 @@ if version == 1 or version <= current then
   redis.call('HSET', KEYS[2], '\0seq', string.format('%d', version))
 end
 local parts = {string.format('%d', version), '|'}
-for i = base + 5, #ARGV, 3 do
+if write_id ~= '' then parts[2] = '#' .. write_id .. '|' end
+for i = base + 6, #ARGV, 3 do
   local field, member = ARGV[i], ARGV[i + 1]
   if index[field] then redis.call('ZADD', index[field], ARGV[i + 2], member) end
   parts[#parts + 1] = #field .. ':' .. field .. #member .. ':' .. member
