@@ -259,3 +259,38 @@ def test_an_int_too_long_for_json_text_is_refused_with_typeerror() -> None:
     with pytest.raises(TypeError, match="cannot store this int"):
         codec.check({"n": 10**5000})
     assert codec.decode(codec.encode(10**4000)) == 10**4000
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": 1, "b": [1, 2.5, "x", None, True], "c": {"d": {}}},
+        {"t": (1, 2)},
+        {1: "int key"},
+        {"__t__": "looks like a tag"},
+        [float("nan")],
+        {"n": 10**4000},
+        {"deep": [[[[[]]]]]},
+        "\ud800",
+    ],
+    ids=["plain", "tuple", "int_key", "tag_key", "nan", "huge_int", "nested", "surrogate"],
+)
+def test_fast_path_encodes_exactly_as_the_full_path(value: object) -> None:
+    from pyramid_transient.codec import _ASCII_ENCODER, _ENCODER, _to_json
+
+    tree = _to_json(value)
+    try:
+        expected = _ENCODER.encode(tree).encode("utf-8")
+    except UnicodeEncodeError:
+        expected = _ASCII_ENCODER.encode(tree).encode("ascii")
+    assert codec.encode(value) == expected
+    decoded = codec.decode(codec.encode(value))
+    assert decoded == value or (isinstance(value, list) and math.isnan(decoded[0]))
+
+
+def test_fast_path_refuses_what_is_too_deep() -> None:
+    deep: list[object] = []
+    for _ in range(codec.MAX_DEPTH + 5):
+        deep = [deep]
+    with pytest.raises(TypeError, match="nested deeper"):
+        codec.encode(deep)

@@ -212,8 +212,17 @@ def test_factory_without_a_manager_uses_the_running_apps(
     assert b'"value":"found"' in (transient_manager.get("sessions").get(key) or b"")
 
 
+class _StringSerializer:
+    """pyramid_session_redis's serializer of the cookie's id (UTF-8 text, no JSON)."""
+
+    def dumps(self, value: str) -> bytes:
+        return value.encode("utf-8")
+
+    def loads(self, raw: bytes) -> str:
+        return raw.decode("utf-8")
+
+
 def test_cookie_is_signed_as_pyramid_session_redis_signs_it(settings: dict[str, Any]) -> None:
-    from pyramid_session_redis.util import _StringSerializer
     from webob.cookies import SignedSerializer
 
     upstream = SignedSerializer(
@@ -368,18 +377,24 @@ def test_payload_is_our_codec_behind_an_hmac(
     assert b'{"m":{"value":"hello"},"c":' in raw
 
 
+def freeze(monkeypatch: pytest.MonkeyPatch, when: float) -> None:
+    """Set the sessions' clock to ``when`` (seconds since the epoch)."""
+    import pyramid_transient.sessions as module
+
+    monkeypatch.setattr(module, "_time", lambda: when)
+
+
 def test_python_expires_is_enforced_in_python(
     settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pyramid_session_redis.session as upstream
+    import time
 
     app = build(
         {**settings, "redis.sessions.python_expires": "true", "redis.sessions.timeout": "60"},
         BASIC,
     )
     app.get("/set")
-    now = upstream.int_time()
-    monkeypatch.setattr(upstream, "int_time", lambda: now + 61)
+    freeze(monkeypatch, time.time() + 62)
     assert app.get("/get").json == {"value": None, "new": True}
 
 
@@ -389,7 +404,7 @@ def test_session_expired_in_python_is_logged_without_its_id(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    import pyramid_session_redis.session as upstream
+    import time
 
     app = build(
         {**settings, "redis.sessions.python_expires": "true", "redis.sessions.timeout": "60"},
@@ -398,8 +413,7 @@ def test_session_expired_in_python_is_logged_without_its_id(
     app.get("/set")
     (key,) = keys(transient_manager)
     session_id = key.decode().rsplit(":", 1)[1]
-    now = upstream.int_time()
-    monkeypatch.setattr(upstream, "int_time", lambda: now + 61)
+    freeze(monkeypatch, time.time() + 62)
     with caplog.at_level(logging.DEBUG):
         assert app.get("/get").json == {"value": None, "new": True}
     assert f"{session_id[:6]}..." in caplog.text
@@ -594,9 +608,11 @@ def test_rotation_is_saved_in_one_round_trip(
     counting_app: webtest.TestApp, round_trips: Any
 ) -> None:
     counting_app.get("/set")
+    counting_app.get("/rotate")  # the server has the script from now on
     with round_trips() as rt:
         counting_app.get("/rotate")
-    assert rt.commands == ["GETEX", "SET DEL"]
+    # One script: the data moves to the new key only if the old key is still there.
+    assert rt.commands == ["GETEX", "EVALSHA"]
 
 
 def test_invalidation_is_one_delete(counting_app: webtest.TestApp, round_trips: Any) -> None:
@@ -629,41 +645,49 @@ def test_nested_change_is_detected_and_saved_in_one_round_trip(
     assert app.get("/show").json == {"cart": ["book"]}
 
 
-def test_unchanged_session_larger_than_a_lowered_max_bytes_is_still_read(
+def test_session_larger_than_a_lowered_max_bytes_is_discarded_and_deleted_on_load(
     settings: dict[str, Any],
+    transient_manager: RedisManager,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # Issue 14, defect 3: such a session could be read but never saved again (every
+    # request that changed it answered 500, and each load's GETEX kept it alive).
     app = build(settings, BASIC)
     app.get("/set", {"v": "x" * 400})
-    smaller = build({**settings, "transient.sessions.max_bytes": "256"}, BASIC)
+    (key,) = keys(transient_manager)
+    views = {**BASIC, "/count": count}
+    smaller = build({**settings, "transient.sessions.max_bytes": "256"}, views)
     smaller.set_cookie("session", app.cookies["session"])
-    assert smaller.get("/get").json == {"value": "x" * 400, "new": False}
+    with caplog.at_level(logging.WARNING, logger="pyramid_transient.sessions"):
+        assert smaller.get("/count").json == {"n": 1}  # a fresh session, not a 500
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "transient.sessions.max_bytes (256)" in warnings[0].getMessage()
+    assert key.decode()[:-10] not in warnings[0].getMessage()  # the id is redacted
+    assert key not in keys(transient_manager)  # deleted with the save
+    assert smaller.get("/get").json == {"value": None, "new": False}
 
 
 def test_timeout_trigger_rewrites_the_payload_only_near_expiry(
     settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch, round_trips: Any
 ) -> None:
-    import pyramid_session_redis.session as upstream_session
-    import pyramid_session_redis.util as upstream_util
+    import time
 
     app = build(
         {**settings, "redis.sessions.timeout": "60", "redis.sessions.timeout_trigger": "30"},
         BASIC,
     )
     warm(app)
-    now = upstream_util.int_time()
-    for module in (upstream_session, upstream_util):
-        monkeypatch.setattr(module, "int_time", lambda: now)
+    now = int(time.time())
+    freeze(monkeypatch, now)
     app.get("/set")
-    for module in (upstream_session, upstream_util):
-        monkeypatch.setattr(module, "int_time", lambda: now + 10)
+    freeze(monkeypatch, now + 10)
     with round_trips() as early:
         assert app.get("/get").json == {"value": "x", "new": False}
-    for module in (upstream_session, upstream_util):
-        monkeypatch.setattr(module, "int_time", lambda: now + 40)
+    freeze(monkeypatch, now + 40)
     with round_trips() as late:
         assert app.get("/get").json == {"value": "x", "new": False}
-    for module in (upstream_session, upstream_util):
-        monkeypatch.setattr(module, "int_time", lambda: now + 90)  # 50 s after the rewrite
+    freeze(monkeypatch, now + 90)  # 50 s after the rewrite
     assert app.get("/get").json == {"value": "x", "new": False}
     assert (early.commands, late.commands) == (["GET", "EXPIRE"], ["GET", "SET"])
 
@@ -780,3 +804,71 @@ def test_session_changed_by_a_new_response_subscriber_is_saved(settings: dict[st
     app.get("/set")
     app.get("/stamp")
     assert app.get("/get").json == {"stamped": True}
+
+
+# ------------------------------------------------------------------ pyramid_session_redis compat
+
+
+def test_cookie_signer_given_as_an_object_is_accepted_and_used(settings: dict[str, Any]) -> None:
+    # Refused before ("must be a dotted name"); pyramid_session_redis accepts an object.
+    from webob.cookies import SignedSerializer
+
+    signer = SignedSerializer(
+        "signer-secret", "my-salt.", "sha256", serializer=_StringSerializer()
+    )
+    app = build({**settings, "redis.sessions.cookie_signer": signer}, BASIC)
+    app.get("/set", {"v": "signed"})
+    assert isinstance(signer.loads(app.cookies["session"].encode()), str)
+    assert app.get("/get").json == {"value": "signed", "new": False}
+
+
+def test_cookie_signer_without_dumps_and_loads_is_refused_at_startup(
+    settings: dict[str, Any],
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"redis\.sessions\.cookie_signer must be"):
+        build({**settings, "redis.sessions.cookie_signer": "builtins.len"}, BASIC)
+
+
+def test_includeme_writes_resolved_dotted_settings_back_into_the_registry(
+    settings: dict[str, Any],
+) -> None:
+    # pyramid_session_redis does this, and code reading the settings relies on it.
+    app = build(
+        {
+            **settings,
+            "redis.sessions.id_generator": "secrets.token_hex",
+            "redis.sessions.func_check_response_allow_cookies": "builtins.bool",
+        },
+        BASIC,
+    )
+    import secrets
+
+    registered = app.app.registry.settings
+    assert registered["redis.sessions.id_generator"] is secrets.token_hex
+    assert registered["redis.sessions.func_check_response_allow_cookies"] is bool
+    app.get("/set")
+    assert len(app.cookies["session"]) > 0
+
+
+def test_from_redis_is_deprecated_but_reads_the_stored_payload(settings: dict[str, Any]) -> None:
+    loaded: list[Any] = []
+
+    def view(request: Any) -> dict[str, Any]:
+        with pytest.warns(DeprecationWarning, match=r"from_redis\(\) is deprecated"):
+            loaded.append(request.session.from_redis())
+        return {}
+
+    app = build(settings, {**BASIC, "/old": view})
+    app.get("/set", {"v": "stored"})
+    app.get("/old")
+    assert loaded[0]["m"] == {"value": "stored"}
+
+
+def test_session_ids_carry_48_random_bytes(transient_manager: RedisManager) -> None:
+    import base64
+
+    factory = TransientSessionFactory(secret="s", manager=transient_manager)
+    ids = {factory.generate_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for session_id in list(ids)[:20]:
+        assert len(base64.urlsafe_b64decode(session_id + "=" * (-len(session_id) % 4))) == 48

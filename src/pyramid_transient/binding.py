@@ -21,6 +21,7 @@ Capabilities build keys and arguments; they do not catch redis-py's exceptions.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,11 @@ from redis.exceptions import RedisClusterException
 
 from .exceptions import CorruptData, Unavailable
 from .keys import KeySpace
+
+log = logging.getLogger(__name__)
+
+#: The option of redis-py's ``execute_command`` that skips decoding of the reply.
+NEVER_DECODE = "NEVER_DECODE"
 
 if TYPE_CHECKING:
     from .connection import RedisManager
@@ -180,6 +186,27 @@ def send_on_one_connection(
         pool.release(conn)
 
 
+def _send_raw(pool: Any, args: tuple[Any, ...], retry: bool) -> Any:
+    for attempt in (0, 1):
+        conn: Any = pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_command(*args))
+            return conn.read_response()
+        except redis.ResponseError:
+            raise  # an error reply: the connection is still in step
+        except redis.ConnectionError as exc:
+            conn.disconnect()
+            if attempt or not retry:
+                raise
+            log.info("retrying %s once after a connection error: %s", args[0], exc)
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class Binding:
     """Where one capability's keys live, and the one path by which it reaches them.
 
@@ -244,6 +271,27 @@ class Binding:
         with Translating(self.name, keys[0] if len(keys) == 1 else None):
             target = self.client if client is None else client
             return scripts.on(target)[name](keys=keys, args=args, client=target)
+
+    def call(self, key: str, *args: Any, idempotent: bool = False, client: Any = None) -> Any:
+        """Send one command about ``key`` (one round trip), errors translated; the reply is
+        raw (bytes, ints, ``None``), as the server gave it.
+
+        The hot path of capabilities that send one command at a time (sessions): on a
+        single server or Sentinel it goes straight to a pooled connection, without the
+        client's per-command machinery; on a Cluster it goes through the cluster client
+        (which follows MOVED and ASK). ``idempotent`` allows the one retry after a
+        connection error that the manager allows idempotent commands
+        (``transient.retry_idempotent``).
+        """
+        target = self.client if client is None else client
+        with Translating(self.name, key):
+            pool = getattr(target, "connection_pool", None)
+            # (A Cluster client has no pool of its own but a nodes manager; looking for the
+            # attribute is cheaper than isinstance() against RedisCluster's metaclass.)
+            if pool is None or getattr(target, "nodes_manager", None) is not None:
+                return target.execute_command(*args, **{NEVER_DECODE: True})
+            retry = idempotent and getattr(target, "retry_idempotent", False)
+            return _send_raw(pool, args, retry)
 
     def execute(self, pipe: Any, *, raise_on_error: bool = True) -> list[Any]:
         """Send a pipeline built on :attr:`client` (one round trip), errors translated."""

@@ -156,9 +156,49 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 _ASCII_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
 
 
+_PLAIN_SCALARS = frozenset({str, bool, type(None)})
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is JSON as it is: nothing needs a tag, so the C encoder's output is
+    exactly :func:`_to_json`'s (exact types only; a tuple, a non-str key, a ``"__t__"`` key,
+    a float that is not finite or a huge int says no, and the full path decides)."""
+    if depth > MAX_DEPTH:
+        return False
+    cls = type(value)
+    if cls in _PLAIN_SCALARS:
+        return True
+    if cls is int:
+        return bool(value.bit_length() < 13_000)
+    if cls is float:
+        return math.isfinite(value)
+    if cls is dict:
+        if TAG in value:
+            return False
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            kind = type(item)
+            if kind is str or (kind is int and item.bit_length() < 13_000):
+                continue
+            if kind not in _PLAIN_SCALARS and not _plain(item, depth + 1):
+                return False
+        return True
+    if cls is list:
+        for item in value:
+            kind = type(item)
+            if kind is str or (kind is int and item.bit_length() < 13_000):
+                continue
+            if kind not in _PLAIN_SCALARS and not _plain(item, depth + 1):
+                return False
+        return True
+    return False
+
+
 def encode(value: Any) -> bytes:
     """Encode ``value``; raises :class:`TypeError` for a value of an unsupported type."""
-    tree = _to_json(value)
+    # The fast path: a value that needs no tag goes to the C encoder as it is.
+    tree = value if _plain(value) else _to_json(value)
     try:
         return _ENCODER.encode(tree).encode("utf-8")
     except UnicodeEncodeError:

@@ -1,22 +1,28 @@
-"""``request.session`` kept in Redis, built on pyramid_session_redis.
+"""``request.session`` kept in Redis: our own :class:`~pyramid.interfaces.ISession`.
 
 ``config.include("pyramid_transient.sessions")`` (or the whole ``pyramid_transient``) sets
-a session factory from the ``redis.sessions.*`` settings of pyramid_session_redis, with
-these differences:
+a session factory from the ``redis.sessions.*`` settings users know from
+pyramid_session_redis 1.8 (same names, same meanings) and ``transient.sessions.*``:
 
 * the client is the manager's ``sessions`` database (one shared pool; Sentinel and
   Cluster included), unless ``redis.sessions.redis_url`` (or a host, or a
-  ``redis_client_callable``) names another server;
-* keys follow our layout, ``{key_prefix}:session:{id}``; the cookie carries only the
-  signed id;
+  ``redis_client_callable``) names another server; every command goes through the spine
+  (:mod:`pyramid_transient.binding`), which turns redis-py's failures into
+  :class:`~pyramid_transient.exceptions.Unavailable` or
+  :class:`~pyramid_transient.exceptions.CorruptData`;
+* keys follow our layout, ``{key_prefix}:session:{id}``; the cookie carries only the id,
+  signed by webob's ``SignedSerializer`` exactly as pyramid_session_redis signs it;
 * payloads are our codec (JSON) behind an HMAC keyed by ``redis.sessions.secret`` and bound
-  to the key, so a payload written by anyone else, or copied from another session, is
-  treated like a corrupt one: a fresh empty session and a log line, never a 500;
-* ``HttpOnly`` and ``SameSite=Lax`` cookies by default; a missing secret is a
-  :class:`~pyramid_transient.exceptions.ConfigurationError` at startup;
+  to the key, so a payload written by anyone else, copied from another session, larger
+  than ``transient.sessions.max_bytes`` or nested too deep to be saved again is treated as
+  corrupt: a fresh empty session, one WARNING naming the (redacted) key, and the key
+  deleted with the request's save;
 * loading is one ``GETEX`` (the TTL refresh rides along), a request that changed nothing
-  writes nothing, and a save (with the deletion of a rotated or invalidated id) is one
-  round trip;
+  writes nothing, and a save is one round trip;
+* a save never recreates a key that is gone: a loaded session is written with
+  ``SET ... XX`` (rotation: one script that moves it only if the old key is still
+  there), a new session only with ``SET ... NX`` of a fresh id. A logout or a rotation is
+  never undone by a concurrent request holding the old cookie;
 * nothing is written for an attempt that pyramid_retry will retry, or for a request that
   produced no response; a value the codec cannot store, or a session larger than
   ``transient.sessions.max_bytes``, is an error raised during the request (before
@@ -28,56 +34,53 @@ these differences:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import difflib
-import functools
 import hashlib
 import hmac
 import logging
 import math
 import pickle
 import re
+import secrets
 import sys
 import threading
+import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 from urllib.parse import quote as urlquote
 
-import redis
 from pyramid.interfaces import ISession
-from pyramid.path import DottedNameResolver
-from pyramid_session_redis import _cookie_callback, _delete_cookie, _set_cookie
-from pyramid_session_redis.exceptions import (
-    InvalidSession,
-    InvalidSession_DeserializationError,
-    InvalidSession_Lazycreate,
-    InvalidSession_NotInBackend,
-    InvalidSession_PayloadLegacy,
-    InvalidSession_PayloadTimeout,
-)
-from pyramid_session_redis.session import RedisSession
-from pyramid_session_redis.util import (
-    LazyCreateSession,
-    _generate_session_id,
-    _StringSerializer,
-    empty_session_payload,
-)
 from webob.cookies import SignedSerializer
 from zope.interface import implementer
 
 from . import codec
-from .connection import Binding, RedisManager, TransientRedis, bind, get_manager
+from .binding import Binding, bind, send_on_one_connection
+from .connection import RedisManager, TransientRedis, get_manager
 from .exceptions import (
     ConfigurationError,
+    CorruptData,
     InvalidArgument,
+    ObjectNotFound,
     SessionTooLarge,
     SessionUnavailable,
     TransientError,
+    Unavailable,
     UnsupportedValue,
 )
 from .keys import KeySpace, quote
+from .lua import ScriptSet
+from .settings import (
+    Parser,
+    boolean,
+    choice,
+    integer,
+    number,
+    optional,
+    optional_string,
+    python_object,
+    python_only,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,158 +98,83 @@ __all__ = [
 PREFIX = "redis.sessions."
 
 # The salt pyramid_session_redis signs its cookies with: keeping it means a cookie
-# signer configured for it keeps verifying ours.
+# signer configured for it keeps verifying ours, and its cookies keep naming their ids.
 _COOKIE_SALT = "pyramid_session_redis."
 _SEAL_VERSION = b"t1."
 _MAC_SIZE = 32  # sha256
+#: The payload format version pyramid_session_redis writes ("v"), which we keep.
+_PAYLOAD_VERSION = 1
+_CSRF_KEY = "_csrft_"
+_FLASH = "_f_"
+
+#: The clock of sessions (whole seconds, rounded up as pyramid_session_redis rounds):
+#: tests replace ``_time``.
+_time = time.time
+
+
+def _int_time() -> int:
+    return math.ceil(_time())
 
 
 # --------------------------------------------------------------------------- settings
 
-_resolver = DottedNameResolver()
 
-
-def _fail(name: str, value: Any, accepted: str) -> ConfigurationError:
-    key = PREFIX + name
-    return ConfigurationError(f"{key} must be {accepted}, not {value!r}", key=key, value=value)
-
-
-def _as_str(name: str, value: Any) -> str | None:
-    if value is None:
+def _cookie_samesite(key: str, value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    text = value.strip() if isinstance(value, str) else str(value)
-    return text or None
+    return cast(str, choice("strict", "lax", "none", canonical=str.capitalize)(key, value))
 
 
-def _as_bool(name: str, value: Any) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "on", "1", "t", "y"):
-        return True
-    if text in ("false", "no", "off", "0", "f", "n"):
-        return False
-    if text in ("none", ""):
-        return None
-    raise _fail(name, value, "a boolean (true/false, yes/no, on/off, 1/0)")
+_optional_bool = optional(boolean)
+_seconds_or_none = optional(integer(0), zero_is_none=True)
 
-
-def _as_int_or_none(name: str, value: Any) -> int | None:
-    # pyramid_session_redis reads "None" and 0 as "no value" for these.
-    if value is None or (isinstance(value, str) and value.strip() in ("", "None", "none")):
-        return None
-    if isinstance(value, bool):
-        raise _fail(name, value, "a whole number of seconds (or None)")
-    try:
-        number = int(value if isinstance(value, int) else str(value).strip())
-    except ValueError:
-        raise _fail(name, value, "a whole number of seconds (or None)") from None
-    if number < 0:
-        raise _fail(name, value, "a whole number of seconds (or None)")
-    return number or None
-
-
-#: ``redis.sessions.timeout = 0`` or ``None``: sessions that never expire (distinct from
-#: the setting being absent, which gives the default of 1200 seconds).
-_NEVER = object()
-
-
-def _as_timeout(name: str, value: Any) -> Any:
-    number = _as_int_or_none(name, value)
-    return _NEVER if number is None else number
-
-
-def _as_int(name: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value if isinstance(value, int) else str(value).strip())
-    except ValueError:
-        raise _fail(name, value, "an integer") from None
-
-
-def _as_float(name: str, value: Any) -> float | None:
-    if value is None or (isinstance(value, str) and value.strip() in ("", "None", "none")):
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        raise _fail(name, value, "a positive number of seconds") from None
-    if not (math.isfinite(number) and number > 0):
-        raise _fail(name, value, "a positive number of seconds")
-    return number
-
-
-def _as_samesite(name: str, value: Any) -> str | None:
-    text = _as_str(name, value)
-    if text is None:
-        return None
-    if text.lower() not in ("strict", "lax", "none"):
-        raise _fail(name, value, "one of 'Strict', 'Lax' or 'None'")
-    return text.capitalize()
-
-
-def _as_dotted(name: str, value: Any) -> Any:
-    if value is None or callable(value):
-        return value
-    text = str(value).strip()
-    if not text:
-        return None
-    try:
-        return _resolver.maybe_resolve(text)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise _fail(name, value, f"a dotted name of an importable object ({exc})") from None
-
-
-def _unsupported(name: str, value: Any) -> Any:
-    raise ConfigurationError(
-        f"{PREFIX}{name} cannot be set in settings (it needs a Python object), not {value!r}; "
-        "pass it to TransientSessionFactory instead",
-        key=PREFIX + name,
-        value=value,
-    )
-
-
-#: Every ``redis.sessions.*`` option of pyramid_session_redis 1.8 and its parser.
-SESSION_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
-    "secret": _as_str,
-    "timeout": _as_timeout,
-    "cookie_name": _as_str,
-    "cookie_max_age": _as_int_or_none,
-    "cookie_path": _as_str,
-    "cookie_domain": _as_str,
-    "cookie_secure": _as_bool,
-    "cookie_httponly": _as_bool,
-    "cookie_samesite": _as_samesite,
-    "cookie_comment": _as_str,
-    "cookie_on_exception": _as_bool,
-    "cookie_expires": _unsupported,
-    "cookie_signer": _as_dotted,
-    "redis_url": _as_str,
-    "redis_host": _as_str,
-    "redis_port": _as_int,
-    "redis_db": _as_int,
-    "redis_password": _as_str,
-    "redis_unix_socket_path": _as_str,
-    "redis_socket_timeout": _as_float,
-    "redis_encoding": _as_str,
-    "redis_encoding_errors": _as_str,
-    "redis_connection_pool": _unsupported,
-    "redis_client_callable": _as_dotted,
-    "serialize": _as_dotted,
-    "deserialize": _as_dotted,
-    "id_generator": _as_dotted,
-    "prefix": _as_str,
-    "set_redis_ttl": _as_bool,
-    "set_redis_ttl_readheavy": _as_bool,
-    "detect_changes": _as_bool,
-    "deserialized_fails_new": _as_bool,
-    "func_check_response_allow_cookies": _as_dotted,
-    "func_invalid_logger": _as_dotted,
-    "timeout_trigger": _as_int_or_none,
-    "python_expires": _as_bool,
-    "invalidate_empty_session": _as_bool,
+#: Every ``redis.sessions.*`` option of pyramid_session_redis 1.8 and its parser (from the
+#: settings toolkit, :mod:`pyramid_transient.settings`), called with the full key and the
+#: value.
+SESSION_SETTINGS: dict[str, Parser] = {
+    "secret": optional_string,
+    "timeout": _seconds_or_none,  # None: never expire (absent: the default, 1200)
+    "cookie_name": optional_string,
+    "cookie_max_age": _seconds_or_none,
+    "cookie_path": optional_string,
+    "cookie_domain": optional_string,
+    "cookie_secure": _optional_bool,
+    "cookie_httponly": _optional_bool,
+    "cookie_samesite": _cookie_samesite,
+    "cookie_comment": optional_string,
+    "cookie_on_exception": _optional_bool,
+    "cookie_expires": python_only("pass cookie_max_age instead"),
+    "cookie_signer": python_object,
+    "redis_url": optional_string,
+    "redis_host": optional_string,
+    "redis_port": optional(integer(1, 65535)),
+    "redis_db": optional(integer(0)),
+    "redis_password": optional_string,
+    "redis_unix_socket_path": optional_string,
+    "redis_socket_timeout": optional(number(0, allow_zero=False)),
+    "redis_encoding": optional_string,
+    "redis_encoding_errors": optional_string,
+    "redis_connection_pool": python_only("use redis_client_callable instead"),
+    "redis_client_callable": python_object,
+    "serialize": python_object,
+    "deserialize": python_object,
+    "id_generator": python_object,
+    "prefix": optional_string,
+    "set_redis_ttl": _optional_bool,
+    "set_redis_ttl_readheavy": _optional_bool,
+    "detect_changes": _optional_bool,
+    "deserialized_fails_new": _optional_bool,
+    "func_check_response_allow_cookies": python_object,
+    "func_invalid_logger": python_object,
+    "timeout_trigger": _seconds_or_none,
+    "python_expires": _optional_bool,
+    "invalidate_empty_session": _optional_bool,
 }
+
+#: The settings whose value is a Python object (given as a dotted name in an ini file):
+#: ``includeme`` writes the resolved objects back into the registry's settings, as
+#: pyramid_session_redis does.
+DOTTED_SETTINGS = tuple(name for name, parse in SESSION_SETTINGS.items() if parse is python_object)
 
 #: Websauna-era (pyramid_redis_sessions) names and the pyramid_session_redis name each is
 #: translated to, with a :class:`DeprecationWarning`.
@@ -265,45 +193,50 @@ LEGACY_KEYS: dict[str, str] = {
 }
 
 
+def _modern_name(key: str, value: Any, settings: Mapping[str, Any]) -> str:
+    name = key[len(PREFIX) :]
+    if name not in LEGACY_KEYS:
+        return name
+    modern = LEGACY_KEYS[name]
+    warnings.warn(
+        f"{key} is a pyramid_redis_sessions (Websauna) setting; it is read as "
+        f"{PREFIX}{modern}: rename it"
+        + (
+            ", or drop it to use the manager's 'sessions' database "
+            "(transient.url, transient.db.sessions)"
+            if modern != "redis_client_callable"
+            else ""
+        ),
+        DeprecationWarning,
+        stacklevel=4,
+    )
+    if PREFIX + modern in settings:
+        raise ConfigurationError(
+            f"{key} and {PREFIX}{modern} are both set (to {value!r} and "
+            f"{settings[PREFIX + modern]!r}); keep only {PREFIX}{modern}",
+            key=key,
+            value=value,
+        )
+    return modern
+
+
 def parse_session_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The ``redis.sessions.*`` settings as keyword arguments of :class:`TransientSessionFactory`.
 
     Values are parsed by an explicit table (:data:`SESSION_SETTINGS`); an unknown key is a
     :class:`~pyramid_transient.exceptions.ConfigurationError` naming the nearest valid one;
     the Websauna-era keys of :data:`LEGACY_KEYS` are translated with a
-    :class:`DeprecationWarning`. ``transient.sessions.*`` adds ``max_bytes`` and
-    ``serializer``.
+    :class:`DeprecationWarning`. ``transient.sessions.*`` adds ``max_bytes``,
+    ``serializer``, ``save_before_response``, ``wait_replicas`` and ``wait_timeout``.
     """
     options: dict[str, Any] = {}
     for key in sorted(settings):
         if not key.startswith(PREFIX):
             continue
-        name = key[len(PREFIX) :]
         value = settings[key]
-        if name in LEGACY_KEYS:
-            modern = LEGACY_KEYS[name]
-            warnings.warn(
-                f"{key} is a pyramid_redis_sessions (Websauna) setting; it is read as "
-                f"{PREFIX}{modern}: rename it"
-                + (
-                    ", or drop it to use the manager's 'sessions' database "
-                    "(transient.url, transient.db.sessions)"
-                    if modern != "redis_client_callable"
-                    else ""
-                ),
-                DeprecationWarning,
-                stacklevel=3,
-            )
-            if PREFIX + modern in settings:
-                raise ConfigurationError(
-                    f"{key} and {PREFIX}{modern} are both set (to {value!r} and "
-                    f"{settings[PREFIX + modern]!r}); keep only {PREFIX}{modern}",
-                    key=key,
-                    value=value,
-                )
-            name = modern
-        parser = SESSION_SETTINGS.get(name)
-        if parser is None:
+        name = _modern_name(key, value, settings)
+        parse = SESSION_SETTINGS.get(name)
+        if parse is None:
             match = difflib.get_close_matches(name, [*SESSION_SETTINGS, *LEGACY_KEYS], n=1)
             hint = f"; did you mean {PREFIX + match[0]!r}?" if match else ""
             raise ConfigurationError(
@@ -312,10 +245,8 @@ def parse_session_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
                 key=key,
                 value=value,
             )
-        parsed = parser(name, value)
-        if parsed is _NEVER:
-            options[name] = None
-        elif parsed is not None:
+        parsed = parse(PREFIX + name, value)
+        if parsed is not None or name == "timeout":
             options[name] = parsed
     if "prefix" in options and "id_generator" in options:
         raise ConfigurationError(
@@ -353,17 +284,27 @@ def session_factory_from_settings(
     options = parse_session_settings(settings)
     if manager is None:
         manager = RedisManager.from_settings(dict(settings))
-    sessions = manager.settings.sessions
+    s = manager.settings.sessions
+    if s.wait_replicas and manager.settings.mode == "memory":
+        raise ConfigurationError(
+            f"transient.sessions.wait_replicas is {s.wait_replicas!r}, but the memory:// "
+            "backend has no replicas; set it to 0 or point transient.url at a Redis server "
+            "that has replicas",
+            key="transient.sessions.wait_replicas",
+            value=s.wait_replicas,
+        )
     return TransientSessionFactory(
-        manager=manager, max_bytes=sessions.max_bytes, serializer=sessions.serializer, **options
+        manager=manager,
+        max_bytes=s.max_bytes,
+        serializer=s.serializer,
+        save_before_response=s.save_before_response,
+        wait_replicas=s.wait_replicas,
+        wait_timeout=s.wait_timeout,
+        **options,
     )
 
 
 # --------------------------------------------------------------------------- payloads
-
-
-def _codec_dumps(data: dict[str, Any]) -> bytes:
-    return codec.encode(data)
 
 
 def _codec_loads(raw: bytes) -> dict[str, Any]:
@@ -375,12 +316,12 @@ def _pickle_dumps(data: dict[str, Any]) -> bytes:
 
 
 def _pickle_loads(raw: bytes) -> dict[str, Any]:
-    # Only reached for payloads whose HMAC verified: written by an app holding the secret.
+    # Only reached for payloads whose HMAC verified, and only when the app opted in
+    # (transient.sessions.serializer = pickle): written by an app holding the secret.
     return cast(dict[str, Any], pickle.loads(raw))
 
 
 def _check_shape(data: Any) -> dict[str, Any]:
-    # pyramid_session_redis does arithmetic on "c", "t" (timeout) and "x" (expiry stamp).
     if (
         not isinstance(data, dict)
         or not isinstance(data.get("m"), dict)
@@ -393,122 +334,152 @@ def _check_shape(data: Any) -> dict[str, Any]:
     return data
 
 
-class _CookieSigner(SignedSerializer):  # type: ignore[misc]  # webob is untyped
-    """webob's ``SignedSerializer``, giving and accepting the very same cookies, faster.
+def _fits_depth(payload: bytes, data: dict[str, Any]) -> bool:
+    """Whether ``data`` (decoded from ``payload``) is shallow enough to be encoded again.
 
-    webob hands ``hmac.new`` a lambda as the digest, which makes Python compute the HMAC
-    in pure Python for every request that carries a cookie; :func:`hmac.digest` with the
-    algorithm's name is one call into OpenSSL.
+    Nesting needs one bracket per level: a payload with fewer brackets than the codec's
+    limit (nearly every session) is shallow enough without walking it.
     """
+    if payload.count(b"[") + payload.count(b"{") <= codec.MAX_DEPTH:
+        return True
+    try:
+        codec.check(data)
+    except TypeError:
+        return False
+    return True
 
-    def dumps(self, appstruct: Any) -> bytes:
-        cstruct: bytes = self.serializer.dumps(appstruct)
-        sig = hmac.digest(self.salted_secret, cstruct, self.hashalg)
-        return base64.urlsafe_b64encode(sig + cstruct).rstrip(b"=")
 
-    def loads(self, bstruct: bytes) -> Any:
+class _StringSerializer:
+    """The id as UTF-8, for webob's ``SignedSerializer`` (the cookie holds a str id)."""
+
+    def dumps(self, value: str) -> bytes:
+        return value.encode("utf-8")
+
+    def loads(self, raw: bytes) -> str:
         try:
-            fstruct = base64.urlsafe_b64decode(bstruct + b"=" * (-len(bstruct) % 4))
-        except (binascii.Error, TypeError) as exc:
-            raise ValueError(f"badly formed base64 data: {exc}") from None
-        sig, cstruct = fstruct[: self.digest_size], fstruct[self.digest_size :]
-        expected = hmac.digest(self.salted_secret, cstruct, self.hashalg)
-        if not hmac.compare_digest(sig, expected):
-            raise ValueError("invalid signature")
-        return self.serializer.loads(cstruct)
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"session id is not UTF-8: {exc}") from None
+
+
+def _generate_session_id() -> str:
+    # 48 random bytes (64 URL-safe characters), as pyramid_session_redis.
+    return secrets.token_urlsafe(48)
+
+
+# Lua: move a loaded session to its new id (rotation) only if its old key is still there.
+# KEYS[1] the old key, KEYS[2] the new one; ARGV[1] the sealed payload, ARGV[2] its TTL in
+# seconds ("0": none). Returns 1 if moved, 0 if the old key was gone (logged out or
+# rotated by a concurrent request: nothing is written) or the new id was taken.
+ROTATE = """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+local ok
+if ARGV[2] ~= '0' then
+  ok = redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX')
+else
+  ok = redis.call('SET', KEYS[2], ARGV[1], 'NX')
+end
+if ok then return 1 end
+return 0
+"""
+
+SCRIPTS = ScriptSet(rotate=ROTATE)
 
 
 # --------------------------------------------------------------------------- session
 
+#: Values a caller cannot change in place: handing one out does not make the session
+#: need a comparison at the end of the request.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
+#: Values the codec stores whatever they hold (an int may be too long for JSON).
+_ALWAYS_STORABLE = frozenset({str, float, bool, type(None), bytes})
+
 
 @implementer(ISession)
-class TransientSession(RedisSession):
-    """A pyramid_session_redis ``RedisSession`` with our keys, payloads and saving rules.
+class TransientSession:
+    """One request's session: Pyramid's :class:`~pyramid.interfaces.ISession` (a dict with
+    flash queues and a CSRF token) plus the methods pyramid_session_redis's session offers
+    (:meth:`adjust_session_timeout`, :meth:`adjust_cookie_max_age`, :meth:`do_persist` ...)
+    and :meth:`rotate`.
 
     Created by :class:`TransientSessionFactory` for each request that touches
-    ``request.session``; an app only ever sees it as ``request.session`` (Pyramid's
-    ``ISession``), plus :meth:`rotate`.
+    ``request.session``, which loads it (one ``GETEX``) at once.
     """
 
-    def __init__(
-        self,
-        factory: TransientSessionFactory,
-        client: redis.Redis,
-        session_id: Any,
-        new: bool,
-    ) -> None:
+    def __init__(self, factory: TransientSessionFactory, binding: Binding, request: Any) -> None:
         self._factory = factory
-        #: Ids whose keys are deleted by the next save (rotated or invalidated ones).
+        self._binding = binding
+        #: The client, asked of the binding once per request.
+        self._client: Any = None
+        #: Keys deleted by the next save (invalidated ids, corrupt keys).
         self._doomed: list[str] = []
-        #: A response was produced: the only requests whose session is saved.
-        self._responded = False
-        #: The check at pyramid_tm's commit refused the session: it is not saved, and the
-        #: response callback must not raise the same error again.
-        self._failed = False
-        #: The load already refreshed the TTL (GETEX), so no EXPIRE is needed.
+        #: The id whose key holds this session in Redis (loaded, or written by this
+        #: request), and the payload bytes it holds; ``None`` for a session never stored.
+        self._stored_id: str | None = None
+        self._stored: bytes | None = None
+        #: Changed through a method (or rotated): the end of the request saves it.
+        self._changed = False
+        #: A value that can be changed in place was handed out: compare at the end.
+        self._exposed = False
+        #: The load already refreshed the TTL (GETEX).
         self._refreshed = False
-        #: The load's GETEX gave the factory's timeout to a session that has its own.
+        #: The TTL the load's GETEX gave differs from the session's own timeout.
         self._ttl_differs = False
-        #: ``(session id, its Redis key)``: see :meth:`_key`.
-        self._key_of: tuple[Any, str] | None = None
-        #: The request's transaction (pyramid_tm) has committed.
+        #: Invalidated, and nothing stored since: the cookie is removed.
+        self._invalidated = False
+        self._recookie = False
+        self._cookie_overrides: dict[str, Any] = {}
+        #: What the save will write, decided once by :meth:`_prepare`, and whether the
+        #: session changed since.
+        self._plan: list[tuple[Any, ...]] | None = None
+        self._stale = False
+        self._responded = False
+        #: Refused at pyramid_tm's commit: not saved, and not raised again.
+        self._failed = False
         self._committed = False
-        #: What the save will write, decided once by :meth:`_prepare`.
-        self._prepared: tuple[bytes | None, int | None] | None = None
-        super().__init__(
-            redis=client,
-            session_id=session_id,
-            new=new,
-            new_session=factory.generate_id,
-            new_payload_func=factory.new_payload,
-            serialize=factory.dumps,
-            deserialize=factory.loads,
-            set_redis_ttl=factory.set_redis_ttl,
-            detect_changes=factory.detect_changes,
-            deserialized_fails_new=True,
-            timeout=factory.timeout,
-            timeout_trigger=factory.timeout_trigger,
-            python_expires=factory.python_expires,
-            _set_redis_ttl_onexit=factory.refresh_on_exit,
-        )
+        #: Saved (or refused) already: later callbacks do nothing.
+        self._done = False
+        self._fresh()
+        self._cookie_was_valid = False
+        session_id = factory._read_cookie(request)
+        if session_id is not None and self._load(request, session_id):
+            self._cookie_was_valid = True
 
-    # ------------------------------------------------------------------ loading
+    # ------------------------------------------------------------------ state
 
-    def from_redis(self, session_id: Any = None, persisted_hash: Any = None) -> Any:
-        """Load, verify and decode the payload of ``session_id`` (one round trip)."""
-        sid = session_id or self.session_id
-        if sid is LazyCreateSession:
-            raise InvalidSession_Lazycreate("`session_id` is LazyCreateSession")
+    def _fresh(self) -> None:
         factory = self._factory
-        key = self._key(sid)
+        now = _int_time()
+        self._id: str | None = None  # generated when first needed
+        self._data: dict[Any, Any] = {}
+        self._created = now
+        self._timeout: int | None = factory.timeout
+        self._expires: int | None = (
+            now + factory.timeout if factory.timeout and factory.python_expires else None
+        )
+        self._new = True
+
+    def _load(self, request: Any, session_id: str) -> bool:
+        """Load ``session_id`` (one round trip); False (and a fresh session) if it is
+        missing, expired or corrupt."""
+        factory = self._factory
+        key = factory.key(session_id)
         try:
+            client = self._redis()
             if factory.refresh_on_load:
-                raw = self.redis.getex(key, ex=self._timeout)
-                self._refreshed = True
+                raw = self._binding.call(
+                    key, "GETEX", key, "EX", factory.timeout, idempotent=True, client=client
+                )
             else:
-                raw = self.redis.get(key)
-        except redis.ResponseError as exc:
-            if "WRONGTYPE" not in str(exc):
-                raise SessionUnavailable(
-                    "the session store refused to load session key "
-                    f"{factory.redact(key)!r}: {exc}",
-                    database="sessions",
-                ) from exc
-            # Something else wrote a hash, list... under the key: corrupt, not an outage.
-            log.warning(
-                "session key %r holds a value that is not a string (written by something "
-                "else); starting a fresh session",
-                factory.redact(key),
-            )
-            raise InvalidSession_DeserializationError(
-                f"session key {factory.redact(key)!r} is not a string"
-            ) from None
-        except redis.RedisError as exc:
+                raw = self._binding.call(key, "GET", key, idempotent=True, client=client)
+        except CorruptData as exc:
+            return self._discard(request, key, exc, "holds a value that is not a string")
+        except Unavailable as exc:
             raise SessionUnavailable(
                 "the session store is unreachable while loading session key "
                 f"{factory.redact(key)!r}: {exc}",
-                database="sessions",
-            ) from exc
+                database=factory.database,
+            ) from (exc.__cause__ or exc)
         except UnicodeDecodeError as exc:
             # Payloads start with a binary HMAC, which a decoding client cannot return.
             raise ConfigurationError(
@@ -518,36 +489,99 @@ class TransientSession(RedisSession):
                 key=PREFIX + "redis_client_callable",
                 value=factory._client_callable,
             ) from exc
+        self._refreshed = factory.refresh_on_load
         if raw is None:
-            raise InvalidSession_NotInBackend(
-                f"session key {factory.redact(key)!r} is not in Redis"
-            )
+            shown = factory.redact(key)
+            log.info("session key %r is not in Redis (expired?); starting a fresh session", shown)
+            return self._invalid(request, ObjectNotFound(f"session key {shown!r} is not in Redis"))
         if isinstance(raw, str):  # decoded by a client with encoding_errors=surrogateescape
             raw = raw.encode("utf-8", "surrogateescape")
         payload = factory.unseal(key, raw)
+        if payload is None:
+            return self._discard(
+                request,
+                key,
+                None,
+                "holds a payload that fails HMAC verification (written by something "
+                "without the session secret, or for another key)",
+            )
+        if len(payload) > factory.max_bytes:
+            return self._discard(
+                request,
+                key,
+                None,
+                f"holds {len(payload)} bytes, more than transient.sessions.max_bytes "
+                f"({factory.max_bytes}), so it could not be saved again",
+            )
         try:
-            data = _check_shape(self.deserialize(payload))
-        except Exception as exc:
+            data = _check_shape(factory.loads(payload))
+        except Exception as exc:  # any deserializer's error: the payload is corrupt
+            return self._discard(
+                request, key, None, f"holds a payload that does not decode ({exc})"
+            )
+        if factory.checks_values and not _fits_depth(payload, data):
+            return self._discard(
+                request,
+                key,
+                None,
+                f"holds a value nested deeper than {codec.MAX_DEPTH} levels, so it could "
+                "not be saved again",
+            )
+        expires = data.get("x")
+        if expires and _int_time() > expires:
             shown = factory.redact(key)
-            log.warning("session key %r holds a payload that does not decode (%s)", shown, exc)
-            raise InvalidSession_DeserializationError(f"session key {shown!r} is corrupt") from exc
-        if self._refreshed and data.get("t") != self._timeout:
+            log.info("session key %r expired by its python_expires stamp", shown)
+            return self._invalid(request, ObjectNotFound(f"session key {shown!r} expired"))
+        if data["v"] < _PAYLOAD_VERSION:
+            shown = factory.redact(key)
+            log.info("session key %r is in a legacy format; starting a fresh session", shown)
+            return self._invalid(request, ObjectNotFound(f"session key {shown!r} is legacy"))
+        self._id = self._stored_id = session_id
+        self._stored = payload
+        self._data = data["m"]
+        self._created = data["c"]
+        self._timeout = data.get("t")
+        self._expires = expires
+        self._new = False
+        if self._refreshed and self._timeout != factory.timeout:
             # adjust_session_timeout() gave this session its own timeout, which the GETEX
             # (sent before the payload was known) replaced: the end of the request restores it.
             self._refreshed = False
             self._ttl_differs = True
-        if persisted_hash is True:
-            # Kept whole rather than as pyramid_session_redis's MD5 of it: comparing the
-            # bytes at the end of the request is cheaper than hashing twice.
-            return (data, payload)
-        if persisted_hash is False:
-            return (data, None)
-        return data
+        return True
 
-    # ------------------------------------------------------------------ values
+    def _redis(self) -> Any:
+        client = self._client
+        if client is None:
+            client = self._client = self._binding.client
+        return client
+
+    def _discard(self, request: Any, key: str, exc: BaseException | None, why: str) -> bool:
+        shown = self._factory.redact(key)
+        log.warning("session key %r %s; starting a fresh session and deleting the key", shown, why)
+        self._doomed.append(key)
+        error = exc or CorruptData(
+            f"session key {shown!r} {why}", key=shown, database=self._factory.database
+        )
+        return self._invalid(request, error)
+
+    def _invalid(self, request: Any, exc: BaseException) -> bool:
+        if self._factory._func_invalid_logger is not None:
+            self._factory._func_invalid_logger(request, exc)
+        return False
+
+    def _touch(self, value: Any) -> Any:
+        if type(value) not in _IMMUTABLE:
+            self._exposed = True
+        return value
+
+    def _change(self) -> None:
+        self._changed = True
+        self._invalidated = False
+        self._stale = True  # a save prepared earlier must be prepared again
 
     def _check_value(self, key: Any, value: Any) -> None:
-        if self._factory.checks_values:
+        if self._factory.checks_values and type(value) not in _ALWAYS_STORABLE:
             try:
                 codec.check(value)
             except TypeError as exc:
@@ -555,20 +589,205 @@ class TransientSession(RedisSession):
                     f"session value for key {key!r} cannot be stored: {exc}"
                 ) from None
 
+    # ------------------------------------------------------------------ ISession
+
+    @property
+    def created(self) -> int:
+        """When the session was created (seconds since the epoch)."""
+        return self._created
+
+    @property
+    def new(self) -> bool:
+        """Whether the session was created by this request (no valid cookie came in)."""
+        return self._new
+
+    @property
+    def session_id(self) -> str:
+        """The session's id (generated now for a new session that has none yet)."""
+        if self._id is None:
+            self._id = self._factory.generate_id()
+        return self._id
+
+    @property
+    def managed_dict(self) -> dict[Any, Any]:
+        """The session's data (pyramid_session_redis's name)."""
+        self._exposed = True
+        return self._data
+
+    @property
+    def timeout(self) -> int | None:
+        """The session's timeout in seconds (``None``: never)."""
+        return self._timeout
+
+    @property
+    def expires(self) -> int | None:
+        """The python_expires stamp, when there is one."""
+        return self._expires
+
+    @property
+    def version(self) -> int:
+        return _PAYLOAD_VERSION
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._touch(self._data[key])
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._touch(self._data.get(key, default))
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._data
+
+    def has_key(self, key: Any) -> bool:
+        return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._data)
+
+    def keys(self) -> Any:
+        return self._data.keys()
+
+    def values(self) -> list[Any]:
+        self._exposed = True
+        return list(self._data.values())
+
+    def items(self) -> Any:
+        self._exposed = True
+        return self._data.items()
+
     def __setitem__(self, key: Any, value: Any) -> None:
         self._check_value(key, value)
-        super().__setitem__(key, value)
+        self._data[key] = value
+        self._change()
+
+    def __delitem__(self, key: Any) -> None:
+        del self._data[key]
+        self._change()
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
-        if key not in self.managed_dict:
-            self._check_value(key, default)
-        return super().setdefault(key, default)
+        if key in self._data:
+            return self._touch(self._data[key])
+        self._check_value(key, default)
+        self._data[key] = default
+        self._change()
+        return self._touch(default)
+
+    def pop(self, key: Any, default: Any = None) -> Any:
+        if key in self._data:
+            self._change()
+        return self._data.pop(key, default)
+
+    def popitem(self) -> tuple[Any, Any]:
+        item = self._data.popitem()
+        self._change()
+        return item
 
     def update(self, other: Any = (), **kwargs: Any) -> None:
         items = dict(other, **kwargs)
         for key, value in items.items():
             self._check_value(key, value)
-        super().update(items)
+        self._data.update(items)
+        self._change()
+
+    def clear(self) -> None:
+        self._data.clear()
+        self._change()
+
+    def changed(self) -> None:
+        """Mark the session changed (a value was changed in place): it is saved."""
+        self._change()
+
+    def invalidate(self) -> None:
+        """Forget the session; its key is deleted by the request's save (one ``DEL``).
+
+        The session is empty afterwards; what is stored in it from then on is a new
+        session, with a new id.
+        """
+        if self._stored_id is not None:
+            self._doomed.append(self._factory.key(self._stored_id))
+            self._stored_id = None
+            self._stored = None
+        self._fresh()
+        self._changed = False
+        self._exposed = False
+        self._refreshed = False
+        self._ttl_differs = False
+        self._invalidated = True
+        self._stale = True
+
+    def new_csrf_token(self) -> str:
+        token = secrets.token_hex(32)
+        self[_CSRF_KEY] = token
+        return token
+
+    def get_csrf_token(self) -> str:
+        token = self._data.get(_CSRF_KEY)
+        if not isinstance(token, str):
+            token = self.new_csrf_token()
+        return token
+
+    def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
+        storage = self.setdefault(_FLASH + queue, [])
+        if allow_duplicate or msg not in storage:
+            self._check_value(_FLASH + queue, msg)
+            storage.append(msg)
+            self._change()
+
+    def peek_flash(self, queue: str = "") -> Any:
+        return self.get(_FLASH + queue, [])
+
+    def pop_flash(self, queue: str = "") -> Any:
+        return self.pop(_FLASH + queue, [])
+
+    # ------------------------------------------------------------------ pyramid_session_redis
+
+    def rotate(self, new_csrf_token: bool = True) -> None:
+        """Give the session a new id, keeping its data; the old id stops working.
+
+        Call it when privileges change (login), against session fixation. With
+        ``new_csrf_token`` (the default) the session also gets a new CSRF token, so a
+        token known to whoever planted the session is refused afterwards. The request's
+        save moves the data to the new key in one round trip, and only if the old key is
+        still there (a concurrent logout wins); the response carries the new cookie.
+        """
+        self._id = self._factory.generate_id()
+        self._recookie = True
+        self._change()
+        if new_csrf_token:
+            self.new_csrf_token()
+
+    def please_recookie(self) -> None:
+        """Send the cookie again with this response."""
+        self._recookie = True
+
+    def adjust_cookie_expires(self, expires: Any) -> None:
+        """The cookie's ``Expires`` for this response (a datetime, a timedelta or None)."""
+        self._cookie_overrides["expires"] = expires
+        self._recookie = True
+
+    def adjust_cookie_max_age(self, max_age: Any) -> None:
+        """The cookie's ``Max-Age`` for this response (seconds, a timedelta or None)."""
+        self._cookie_overrides["max_age"] = max_age
+        self._recookie = True
+
+    def adjust_session_expires(self, expires_epoch: int) -> None:
+        """Move the python_expires stamp of the session."""
+        self._expires = expires_epoch
+        self._change()
+
+    def adjust_session_timeout(self, timeout_seconds: int) -> None:
+        """Give this session its own timeout, kept for as long as it lives."""
+        self._timeout = timeout_seconds
+        self._change()
+
+    adjust_expires_for_session = adjust_session_expires
+    adjust_timeout_for_session = adjust_session_timeout
+
+    def ensure_id(self) -> str:
+        """The session's id, generated now if it has none."""
+        return self.session_id
 
     def payload(self) -> bytes:
         """The encoded session, checked: the bytes a save would store (before the HMAC).
@@ -579,11 +798,61 @@ class TransientSession(RedisSession):
         """
         return self._checked_size(self._encoded())
 
+    def do_persist(self) -> None:
+        """Save the session now (one round trip), rather than at the end of the request."""
+        self._changed = True
+        self._execute(self._make_plan(force=True))
+        self._changed = False
+        self._plan = None
+
+    def do_refresh(self, force_redis_ttl: int | None = None) -> None:
+        """Refresh the key's TTL now (one round trip)."""
+        ttl = force_redis_ttl if force_redis_ttl is not None else self._ttl()
+        if ttl and self._stored_id is not None:
+            self._execute([("expire", self._factory.key(self._stored_id), ttl)])
+
+    def from_redis(self, session_id: str | None = None) -> dict[str, Any] | None:
+        """Deprecated (pyramid_session_redis's loader, kept for one release): the stored
+        payload of ``session_id`` (this session's by default) as a dict, or None.
+
+        One ``GET``; nothing is refreshed or changed. Read the session itself instead.
+        """
+        warnings.warn(
+            "TransientSession.from_redis() is deprecated: read the session itself "
+            "(request.session), which is loaded when first used",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        factory = self._factory
+        sid = session_id or self._stored_id
+        if sid is None:
+            return None
+        key = factory.key(sid)
+        raw = self._binding.call(key, "GET", key, idempotent=True, client=self._redis())
+        payload = None if raw is None else factory.unseal(key, raw)
+        return None if payload is None else _check_shape(factory.loads(payload))
+
+    # ------------------------------------------------------------------ encoding
+
+    def _payload_dict(self) -> dict[str, Any]:
+        factory = self._factory
+        data: dict[str, Any] = {"m": self._data, "c": self._created, "v": _PAYLOAD_VERSION}
+        if self._expires and factory.python_expires:
+            data["x"] = self._expires
+        if self._timeout:
+            data["t"] = self._timeout
+            if factory.python_expires:
+                now = _int_time()
+                trigger = factory.timeout_trigger
+                if not trigger or now >= (self._expires or 0) - trigger:
+                    data["x"] = now + self._timeout
+        return data
+
     def _encoded(self) -> bytes:
         try:
-            return self.to_redis()
+            return self._factory.dumps(self._payload_dict())
         except TypeError as exc:
-            for key, value in self.managed_dict.items():
+            for key, value in self._data.items():
                 self._check_value(key, value)
             raise UnsupportedValue(f"the session cannot be stored: {exc}") from None
 
@@ -597,178 +866,196 @@ class TransientSession(RedisSession):
             )
         return data
 
-    def _prepare(self) -> None:
-        """Decide, encode and check the save once, during the request (raises here).
+    def _ttl(self) -> int | None:
+        return self._timeout if self._timeout and self._factory.set_redis_ttl else None
 
-        The session is encoded once per request; a change made through the session's
-        methods after this point (``please_persist``) makes the save prepare again.
-        """
-        self._prepared = self._pending_save()
-        if "_session_state" in self.__dict__:
-            self._session_state.please_persist = False
+    def _expiry_moves(self) -> bool:
+        """Whether a save would move the python_expires stamp (so the payload changes)."""
+        factory = self._factory
+        if not (factory.python_expires and self._timeout):
+            return False
+        trigger = factory.timeout_trigger
+        return not trigger or _int_time() >= (self._expires or 0) - trigger
 
-    # ------------------------------------------------------------------ ids
-
-    def rotate(self) -> None:
-        """Give the session a new id, keeping its data; the old id stops working.
-
-        Call it when privileges change (login), against session fixation. The old key
-        is deleted and the new one written by the request's save (one round trip); the
-        response carries the new cookie.
-        """
-        state = self._session_state
-        old = state.session_id
-        if old is not LazyCreateSession and not state.new:
-            self._doomed.append(cast(str, old))
-        state.session_id = self.new_session()
-        state.please_persist = True
-        state.please_recookie = True
-
-    def invalidate(self) -> None:
-        """Forget the session; its key is deleted by the request's save."""
-        if "_session_state" in self.__dict__:
-            sid = self._session_state.session_id
-            if sid is not LazyCreateSession and not self._session_state.new:
-                self._doomed.append(cast(str, sid))
-            del self._session_state
+    def _make_plan(self, force: bool = False) -> list[tuple[Any, ...]]:
+        """The commands the save sends (encoded and checked now; raises here)."""
+        factory = self._factory
+        plan: list[tuple[Any, ...]] = [("del", key) for key in self._doomed]
+        ttl = self._ttl()
+        stored_id = self._stored_id
+        if stored_id is None:
+            # A session Redis does not hold: written (under a fresh id, with SET NX) only
+            # if it has data, or was changed and empty sessions are kept.
+            if self._data or self._changed or force:
+                payload = self.payload()
+                key = factory.key(self.session_id)
+                plan.append(("create", key, factory.seal(key, payload), ttl, payload))
+            return plan
+        old_key = factory.key(stored_id)
+        if self._id != stored_id:  # rotated: move it, if the old key is still there
+            payload = self.payload()
+            key = factory.key(self.session_id)
+            plan.append(("rotate", old_key, key, factory.seal(key, payload), ttl, payload))
+            return plan
+        if (
+            force
+            or self._changed
+            or (factory.detect_changes and self._exposed)
+            or self._expiry_moves()
+        ):
+            encoded = self._encoded()
+            if force or encoded != self._stored:
+                payload = self._checked_size(encoded)
+                plan.append(("update", old_key, factory.seal(old_key, payload), ttl, payload))
+                return plan
+        if ttl and (self._ttl_differs or (factory.refresh_on_exit and not self._refreshed)):
+            plan.append(("expire", old_key, ttl))
+        return plan
 
     # ------------------------------------------------------------------ saving
 
-    def _key(self, session_id: Any = None) -> str:
-        """The Redis key of ``session_id`` (the current id by default), built once per id."""
-        sid = self.session_id if session_id is None else session_id
-        cached = self._key_of
-        if cached is None or cached[0] != sid:
-            cached = self._key_of = (sid, self._factory.key(sid))
-        return cached[1]
-
-    def _write_command(self, pipe: Any, payload: bytes) -> None:
-        key = self._key()
-        sealed = self._factory.seal(key, payload)
-        if self.timeout is not None and self._set_redis_ttl:
-            pipe.set(key, sealed, ex=self.timeout)
+    def _execute(self, plan: list[tuple[Any, ...]]) -> None:
+        """Send ``plan`` (one round trip: a command, a pipeline or a script)."""
+        if not plan:
+            return
+        factory = self._factory
+        binding = self._binding
+        client = self._redis()
+        if factory.wait_replicas:
+            replies = self._send_waiting(client, plan)
+        elif len(plan) == 1 and plan[0][0] == "rotate":
+            replies = [self._rotate(client, plan[0])]
         else:
-            pipe.set(key, sealed)
-
-    def do_persist(self, serialized_session: bytes | None = None) -> None:
-        """Write the session now (one round trip), deleting rotated or invalidated ids."""
-        self.ensure_id()
-        payload = serialized_session if serialized_session is not None else self.payload()
-        self._execute(payload, None)
-        self._session_state.please_persist = False
-        self._session_state.dont_refresh = True
-
-    def do_refresh(self, force_redis_ttl: int | None = None) -> None:
-        """Refresh the key's TTL now (one round trip)."""
-        ttl = force_redis_ttl if force_redis_ttl is not None else self.timeout
-        if ttl is not None and (self._set_redis_ttl or force_redis_ttl is not None):
-            self._execute(None, ttl)
-        self._session_state.please_refresh = False
-
-    def _execute(self, payload: bytes | None, expire: int | None) -> None:
-        doomed = [self._factory.key(sid) for sid in self._doomed]
-        commands = len(doomed) + (payload is not None) + (expire is not None)
-        if not commands:
-            return
-        # One round trip whatever the mix; not a MULTI, since on a Cluster the old and the
-        # new key may live on different nodes.
-        target: Any = self.redis.pipeline(transaction=False) if commands > 1 else self.redis
-        if payload is not None:
-            self._write_command(target, payload)
-        if expire is not None:
-            target.expire(self._key(), expire)
-        for key in doomed:  # one DEL each: on a Cluster the keys may be on other nodes
-            target.delete(key)
-        if commands > 1:
-            target.execute()
+            if len(plan) > 1:
+                # One round trip; not a MULTI, since on a Cluster the keys may live on
+                # different nodes.
+                pipe = client.pipeline(transaction=False)
+                for step in plan:
+                    _queue(pipe, step)
+                replies = binding.execute(pipe)
+            else:
+                step = plan[0]
+                idempotent = step[0] in ("del", "expire")
+                replies = [
+                    binding.call(step[1], *_command(step), idempotent=idempotent, client=client)
+                ]
         self._doomed = []
+        for step, reply in zip(plan, replies, strict=True):
+            self._settle(step, reply)
 
-    def _pending_save(self) -> tuple[bytes | None, int | None]:
-        """What the end of the request must write: a payload, a TTL refresh, or neither."""
-        if "_session_state" not in self.__dict__:
-            return None, None
-        state = self._session_state
-        payload: bytes | None = None
-        if not state.dont_persist:
-            if state.please_persist:
-                if state.managed_dict or not state.new:
-                    encoded = self._encoded()  # once: compared, then saved
-                    if not self._same_as_loaded(state, encoded):
-                        payload = self._checked_size(encoded)
-            elif self.session_id_safecheck:
-                payload = self._changed_payload(state)
-        if payload is not None:
-            self.ensure_id()
-            return payload, None
-        if (
-            not state.dont_refresh
-            and (state.please_refresh or self._ttl_differs)
-            and not self._refreshed
-            and state.session_id is not LazyCreateSession
-            and self.timeout is not None
-            and self._set_redis_ttl
-        ):
-            return None, self.timeout
-        return None, None
+    def _rotate(self, client: Any, step: tuple[Any, ...]) -> Any:
+        _, old_key, key, sealed, ttl, _payload = step
+        binding = self._binding
+        if _same_slot(client, old_key, key):
+            return binding.run(
+                SCRIPTS, "rotate", [old_key, key], [sealed, ttl or 0], client=client
+            )
+        # On a Cluster the two keys may live on different nodes, where no script can see
+        # both: delete first, and move only if the old key was there (two round trips).
+        with binding.errors(old_key):
+            if not client.delete(old_key):
+                return 0
+        with binding.errors(key):
+            return 1 if client.set(key, sealed, ex=ttl, nx=True) else 0
 
-    def _trigger_due(self, state: Any) -> bool:
-        return bool(
-            state.expires
-            and self._timeout_trigger
-            and self.timestamp >= state.expires - self._timeout_trigger
-        )
+    def _send_waiting(self, client: Any, plan: list[tuple[Any, ...]]) -> list[Any]:
+        """``plan`` and a ``WAIT`` on the connection that wrote (one round trip; on a
+        Cluster, commands for keys on other nodes go first, in a pipeline)."""
+        factory = self._factory
+        binding = self._binding
+        write = next((s for s in plan if s[0] != "del"), plan[-1])
+        main_key = write[2] if write[0] == "rotate" else write[1]
+        replies: dict[int, Any] = {}
+        elsewhere = [
+            i
+            for i, s in enumerate(plan)
+            if s is not write and not _same_slot(client, s[1], main_key)
+        ]
+        if elsewhere:
+            pipe = client.pipeline(transaction=False)
+            for i in elsewhere:
+                _queue(pipe, plan[i])
+            replies.update(zip(elsewhere, binding.execute(pipe), strict=True))
+        here = [i for i in range(len(plan)) if i not in replies]
+        commands = []
+        for i in here:
+            step = plan[i]
+            if step[0] == "rotate" and not _same_slot(client, step[1], step[2]):
+                # No script sees keys of two nodes: delete first, move only if it was there.
+                with binding.errors(step[1]):
+                    if not client.delete(step[1]):
+                        replies[i] = 0
+                        continue
+                step = ("create", step[2], step[3], step[4], step[5])
+            commands.append((i, _command(step)))
+        wait_ms = max(1, int(factory.wait_timeout * 1000))
+        with binding.errors(main_key):
+            sent = send_on_one_connection(
+                client,
+                main_key,
+                [*(c for _, c in commands), ("WAIT", factory.wait_replicas, wait_ms)],
+                read_timeout=factory.wait_read_timeout,
+            )
+        *answers, acknowledged = sent
+        for reply in (*answers, acknowledged):
+            if isinstance(reply, Exception):
+                with binding.errors(main_key):
+                    raise reply
+        replies.update(zip((i for i, _ in commands), answers, strict=True))
+        if acknowledged < factory.wait_replicas:
+            raise SessionUnavailable(
+                f"the session save of key {factory.redact(main_key)!r} was applied on the "
+                f"master but only {acknowledged} of transient.sessions.wait_replicas = "
+                f"{factory.wait_replicas} replicas acknowledged it within "
+                f"transient.sessions.wait_timeout = {factory.wait_timeout:g} s",
+                database=factory.database,
+            )
+        return [replies[i] for i in range(len(plan))]
 
-    def _same_as_loaded(self, state: Any, encoded: bytes) -> bool:
-        """Whether a session marked changed still encodes to the bytes it was loaded from.
+    def _settle(self, step: tuple[Any, ...], reply: Any) -> None:
+        """Record what a step did (the key now stored, or a write refused)."""
+        kind = step[0]
+        factory = self._factory
+        if kind in ("create", "update", "rotate"):
+            key = step[2] if kind == "rotate" else step[1]
+            if reply:
+                self._stored_id = self._id
+                self._stored = step[-1]
+                self._refreshed = True
+                return
+            if kind == "create":
+                log.error(
+                    "the new session key %r exists already (an id collision, or an "
+                    "id_generator that repeats itself); the session is not saved",
+                    factory.redact(key),
+                )
+            else:
+                log.info(
+                    "session key %r was deleted while this request held it (logged out or "
+                    "rotated by a concurrent request); its changes are not saved",
+                    factory.redact(step[1]),
+                )
+            self._stored_id = self._stored = None
 
-        pyramid_session_redis marks every call of ``setdefault``, ``pop``, ``flash``... as a
-        change, even ``setdefault`` of a key that is there: such a request writes nothing.
-        """
-        return (
-            not state.new
-            and not self._doomed
-            and state.persisted_hash is not None
-            and not self._trigger_due(state)
-            and encoded == state.persisted_hash
-        )
+    def _prepare(self) -> None:
+        """Decide, encode and check the save once, during the request (raises here)."""
+        self._plan = self._make_plan()
+        self._stale = False
 
-    def _changed_payload(self, state: Any) -> bytes | None:
-        """The payload if the session differs from what was loaded, else ``None``.
-
-        pyramid_session_redis's ``should_persist``, comparing the loaded bytes rather than
-        MD5 digests of them; the size limit applies only to a payload that will be saved.
-        """
-        if self._trigger_due(state):
-            state.please_persist = True
-            return self.payload()
-        if not self._detect_changes:
-            return None
-        encoded = self._encoded()
-        if encoded == state.persisted_hash:
-            return None
-        return self._checked_size(encoded)
-
-    def _deferred_callback(self, request: Any) -> None:
-        """Finished callback: save once, if the request produced a response to keep."""
-        if not self._responded and sys.exc_info()[0] is not None:
-            # Finished callbacks run in the router's ``finally``: an exception is on its
-            # way out and no response was produced (a retried attempt, an unhandled error).
-            log.debug("session not saved: the request produced no response")
-            return
-        # (Not responded and no exception: the session was first touched after the response
-        # callbacks, e.g. by a NewResponse subscriber; save it like any other.)
+    def _will_save(self, request: Any) -> bool:
+        """Whether this request's outcome is one whose session is saved."""
         exc = getattr(request, "exception", None)
         if exc is not None and _will_retry(request, exc):
             log.debug("session not saved: the attempt will be retried (%r)", exc)
-            return
+            return False
         if self._failed:
             log.debug("session not saved: it failed its check at the commit")
-            return
+            return False
         if (
             exc is not None
-            and not self._factory._cookie_options["cookie_on_exception"]
-            and "_session_state" in self.__dict__
-            and (self._session_state.new or self._doomed)
+            and not self._factory._cookie_on_exception
+            and not self._invalidated
+            and (self._new or self._id != self._stored_id)
         ):
             # The browser got no cookie for the new id: saving would write a key nobody
             # names and (after a rotation) delete the one its cookie names.
@@ -778,20 +1065,67 @@ class TransientSession(RedisSession):
                 "exception response (%r); return such responses instead of raising them",
                 exc,
             )
+            return False
+        return True
+
+    def _save(self, request: Any) -> None:
+        """Send the prepared save (raises the library's errors)."""
+        if self._plan is None or self._stale:
+            self._prepare()
+        plan, self._plan = self._plan or [], []
+        self._execute(plan)
+
+    # ------------------------------------------------------------------ request hooks
+
+    def _on_response(self, request: Any, response: Any) -> None:
+        """Response callback: the cookie, and the save prepared (checked) now."""
+        if self._done:
+            return
+        self._set_cookie(request, response)
+        if self._failed:
+            pass  # refused at the commit; the exception view answers
+        elif self._plan is None or self._stale:
+            if self._committed and self._plan is not None:
+                self._prepare_after_commit()
+            else:
+                self._prepare()
+        self._responded = True
+
+    def _on_finished(self, request: Any) -> None:
+        """Finished callback: save once, if the request produced a response to keep."""
+        if self._done:
+            return
+        self._done = True
+        if not self._responded and sys.exc_info()[0] is not None:
+            # Finished callbacks run in the router's ``finally``: an exception is on its
+            # way out and no response was produced (a retried attempt, an unhandled error).
+            log.debug("session not saved: the request produced no response")
+            return
+        if not self._will_save(request):
             return
         try:
-            alive = "_session_state" in self.__dict__
-            if (alive and self._session_state.please_persist) or self._prepared is None:
-                self._prepare()
-            payload, expire = self._prepared or (None, None)
-            if not alive or self._session_state.dont_persist:
-                payload = expire = None  # emptied and invalidated by the cookie callback
-            self._execute(payload, expire)
-        except redis.RedisError as exc:
+            self._save(request)  # prepared now if touched after the response callbacks
+        except (TransientError, TypeError) as exc:
             # The response is built; raising here would only break the WSGI server.
             log.error("the session could not be saved (its changes are lost): %s", exc)
-        except (TransientError, TypeError) as exc:
-            log.error("the session was not saved: %s", exc)
+
+    def _save_before_response(self, request: Any, response: Any) -> None:
+        """transient.sessions.save_before_response: cookie and save now; a failed save
+        raises :class:`~pyramid_transient.exceptions.SessionUnavailable`."""
+        if self._done:
+            return
+        self._on_response(request, response)
+        self._done = True
+        if not self._will_save(request):
+            return
+        try:
+            self._save(request)
+        except SessionUnavailable:
+            raise
+        except Unavailable as exc:
+            raise SessionUnavailable(
+                f"the session could not be saved: {exc}", database=self._factory.database
+            ) from (exc.__cause__ or exc)
 
     def _before_commit(self) -> None:
         # Runs inside pyramid_tm's commit: an error aborts the SQL transaction, and
@@ -805,42 +1139,94 @@ class TransientSession(RedisSession):
     def _after_commit(self, committed: bool) -> None:
         self._committed = committed
 
-    def _on_response(
-        self, request: Any, response: Any, *, cookie_was_valid: bool, **cookie_options: Any
-    ) -> None:
-        _cookie_callback(
-            self, request, response, session_cookie_was_valid=cookie_was_valid, **cookie_options
-        )
-        alive = "_session_state" in self.__dict__
-        if self._failed:
-            pass  # refused at the commit; the exception view answers
-        elif self._prepared is None or (alive and self._session_state.please_persist):
-            if self._committed and self._prepared is not None:
-                self._prepare_after_commit()
-            else:
-                self._prepare()
-        self._responded = True
-
     def _prepare_after_commit(self) -> None:
         # Changed after the database committed (an on_commit flash): raising now would
         # turn a committed request into an error page, so a change that cannot be saved
         # is logged and the session is saved as it was prepared at the commit.
+        committed_plan = self._plan
         try:
             self._prepare()
         except (TypeError, TransientError) as exc:
-            if "_session_state" in self.__dict__:
-                self._session_state.please_persist = False
+            self._plan, self._stale = committed_plan, False
             log.error(
                 "the session's changes made after the transaction committed are not saved "
                 "(it is saved as it was at the commit): %s",
                 exc,
             )
 
+    def _set_cookie(self, request: Any, response: Any) -> None:
+        """Set or delete the cookie, as pyramid_session_redis's cookie callback does."""
+        factory = self._factory
+        check = factory._func_check_response_allow_cookies
+        if check is not None and not check(response):
+            return
+        if factory._invalidate_empty_session and not self._invalidated and not self._data:
+            if self._new:
+                self._changed = False  # nothing to keep: write nothing
+            else:
+                self.invalidate()
+        if self._invalidated:
+            if self._cookie_was_valid:
+                self._delete_cookie(response)
+            return
+        if self._new:
+            if not self._data:
+                return
+        elif not self._recookie:
+            return
+        if request.exception is None or factory._cookie_on_exception:
+            value = factory._cookie_signer.dumps(self.session_id)
+            if isinstance(value, bytes):
+                value = value.decode()
+            response.set_cookie(
+                factory._cookie_name, value, **{**factory._cookie_kwargs, **self._cookie_overrides}
+            )
+            vary = set(response.vary or ())
+            vary.add("Cookie")
+            response.vary = tuple(sorted(vary))
+        elif self._new and self._cookie_was_valid:
+            self._delete_cookie(response)
 
-_DISCARD_REASONS: dict[type[InvalidSession], str] = {
-    InvalidSession_PayloadTimeout: "expired by its python_expires stamp",
-    InvalidSession_PayloadLegacy: "written in a legacy pyramid_session_redis format",
-}
+    def _delete_cookie(self, response: Any) -> None:
+        factory = self._factory
+        response.delete_cookie(
+            factory._cookie_name, path=factory._cookie_path, domain=factory._cookie_domain
+        )
+
+
+def _queue(target: Any, step: tuple[Any, ...]) -> None:
+    kind = step[0]
+    if kind == "del":
+        target.delete(step[1])
+    elif kind == "expire":
+        target.expire(step[1], step[2])
+    elif kind == "create":
+        target.set(step[1], step[2], ex=step[3], nx=True)
+    elif kind == "update":
+        target.set(step[1], step[2], ex=step[3], xx=True)
+    else:  # pragma: no cover - rotations are sent alone
+        raise AssertionError(kind)
+
+
+def _command(step: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``step`` as a raw command (for one connection, with a WAIT after it)."""
+    kind = step[0]
+    if kind == "del":
+        return ("DEL", step[1])
+    if kind == "expire":
+        return ("EXPIRE", step[1], step[2])
+    if kind == "rotate":
+        _, old_key, key, sealed, ttl, _payload = step
+        return ("EVAL", ROTATE, 2, old_key, key, sealed, ttl or 0)
+    ex = ("EX", step[3]) if step[3] else ()
+    return ("SET", step[1], step[2], *ex, "NX" if kind == "create" else "XX")
+
+
+def _same_slot(client: Any, a: str, b: str) -> bool:
+    keyslot = getattr(client, "keyslot", None)
+    if keyslot is None or not hasattr(client, "get_node_from_key"):
+        return True  # not a Cluster: every key is on the one server
+    return bool(keyslot(a) == keyslot(b))
 
 
 def _will_retry(request: Any, exc: BaseException) -> bool:
@@ -882,10 +1268,16 @@ class TransientSessionFactory:
     The keyword arguments are those of pyramid_session_redis's ``RedisSessionFactory``
     (see the settings reference), with our defaults (``cookie_samesite="Lax"``,
     ``python_expires=False``), plus ``manager`` (the
-    :class:`~pyramid_transient.connection.RedisManager` whose
-    ``sessions`` database holds the sessions; the running app's by default),
-    ``max_bytes`` and ``serializer`` (``"json"`` or ``"pickle"``).
+    :class:`~pyramid_transient.connection.RedisManager` whose ``sessions`` database holds
+    the sessions; the running app's by default), ``max_bytes``, ``serializer`` (``"json"``
+    or ``"pickle"``), ``save_before_response``, ``wait_replicas`` and ``wait_timeout``
+    (the ``transient.sessions.*`` settings). ``save_before_response`` needs the tween
+    :func:`save_tween_factory`, which ``includeme`` adds when the setting is on; a factory
+    built by hand with it (and without the tween) saves after the response.
     """
+
+    #: The manager's database name sessions use.
+    database = "sessions"
 
     def __init__(
         self,
@@ -912,7 +1304,7 @@ class TransientSessionFactory:
         redis_socket_timeout: float | None = None,
         redis_encoding: str | None = None,
         redis_encoding_errors: str | None = None,
-        redis_client_callable: Callable[..., redis.Redis] | None = None,
+        redis_client_callable: Callable[..., Any] | None = None,
         serialize: Callable[[dict[str, Any]], bytes] | None = None,
         deserialize: Callable[[bytes], dict[str, Any]] | None = None,
         id_generator: Callable[[], str] | None = None,
@@ -928,6 +1320,9 @@ class TransientSessionFactory:
         invalidate_empty_session: bool = True,
         max_bytes: int = 64 * 1024,
         serializer: str = "json",
+        save_before_response: bool = False,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         if not secret:
             raise ConfigurationError(
@@ -937,6 +1332,16 @@ class TransientSessionFactory:
                 value=secret,
             )
         _check_cookie(cookie_name, cookie_samesite, cookie_secure)
+        if cookie_signer is not None and not (
+            callable(getattr(cookie_signer, "dumps", None))
+            and callable(getattr(cookie_signer, "loads", None))
+        ):
+            raise ConfigurationError(
+                f"{PREFIX}cookie_signer must be an object with dumps() and loads() (such as "
+                f"webob.cookies.SignedSerializer), not {cookie_signer!r}",
+                key=PREFIX + "cookie_signer",
+                value=cookie_signer,
+            )
         self._manager = manager
         self.timeout = timeout or None
         self.set_redis_ttl = set_redis_ttl
@@ -947,13 +1352,14 @@ class TransientSessionFactory:
         ttl_in_redis = bool(self.timeout and set_redis_ttl and not self.python_expires)
         #: Refresh the TTL with the load (GETEX) rather than with an EXPIRE at the end.
         self.refresh_on_load = ttl_in_redis and set_redis_ttl_readheavy is not False
-        self.refresh_on_exit = ttl_in_redis and not self.refresh_on_load
+        #: Refresh it with an EXPIRE at the end of a request that wrote nothing.
+        self.refresh_on_exit = bool(self.timeout and set_redis_ttl) and not self.refresh_on_load
         if serialize is not None and deserialize is not None:
             self.dumps, self.loads, self.checks_values = serialize, deserialize, False
         elif serializer == "pickle":
             self.dumps, self.loads, self.checks_values = _pickle_dumps, _pickle_loads, False
         elif serializer == "json":
-            self.dumps, self.loads, self.checks_values = _codec_dumps, _codec_loads, True
+            self.dumps, self.loads, self.checks_values = codec.encode, _codec_loads, True
         else:
             raise ConfigurationError(
                 f"transient.sessions.serializer must be one of 'json', 'pickle', not "
@@ -961,17 +1367,23 @@ class TransientSessionFactory:
                 key="transient.sessions.serializer",
                 value=serializer,
             )
+        #: Save before the response leaves, and answer 503 when that fails.
+        self.save_before_response = bool(save_before_response)
+        #: Replicas each save waits for, and for how long.
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
+        self._own_socket_timeout = redis_socket_timeout
         mac_key = hashlib.sha256(b"pyramid_transient.sessions\x00" + secret.encode()).digest()
         # Keyed once; each seal copies it (cheaper than keying a new HMAC every time).
         self._mac = hmac.new(mac_key, digestmod=hashlib.sha256)
-        self._cookie_signer = cookie_signer or _CookieSigner(
+        self._cookie_signer = cookie_signer or SignedSerializer(
             secret, _COOKIE_SALT, "sha512", serializer=_StringSerializer()
         )
         self._cookie_name = cookie_name
-        self._id_generator = id_generator or _generate_session_id
-        self._id_prefix = prefix or ""
-        self._func_invalid_logger = func_invalid_logger
-        cookie_kwargs: dict[str, Any] = {
+        self._cookie_path = cookie_path
+        self._cookie_domain = cookie_domain
+        self._cookie_on_exception = cookie_on_exception
+        self._cookie_kwargs: dict[str, Any] = {
             "max_age": cookie_max_age,
             "path": cookie_path,
             "domain": cookie_domain,
@@ -979,26 +1391,14 @@ class TransientSessionFactory:
             "httponly": cookie_httponly,
         }
         if cookie_comment is not None:
-            cookie_kwargs["comment"] = cookie_comment
+            self._cookie_kwargs["comment"] = cookie_comment
         if cookie_samesite is not None:
-            cookie_kwargs["samesite"] = cookie_samesite
-        self._set_cookie = functools.partial(
-            _set_cookie,
-            cookie_signer=self._cookie_signer,
-            cookie_name=cookie_name,
-            **cookie_kwargs,
-        )
-        self._cookie_options: dict[str, Any] = {
-            "cookie_on_exception": cookie_on_exception,
-            "delete_cookie_func": functools.partial(
-                _delete_cookie,
-                cookie_name=cookie_name,
-                cookie_path=cookie_path,
-                cookie_domain=cookie_domain,
-            ),
-            "func_check_response_allow_cookies": func_check_response_allow_cookies,
-            "invalidate_empty_session": invalidate_empty_session,
-        }
+            self._cookie_kwargs["samesite"] = cookie_samesite
+        self._id_generator = id_generator or _generate_session_id
+        self._id_prefix = prefix or ""
+        self._func_invalid_logger = func_invalid_logger
+        self._func_check_response_allow_cookies = func_check_response_allow_cookies
+        self._invalidate_empty_session = invalidate_empty_session
         self._client_callable = redis_client_callable
         self._redis_options: dict[str, Any] = {
             "host": redis_host or "localhost",
@@ -1009,11 +1409,14 @@ class TransientSessionFactory:
             "connection_pool": None,
             "unix_socket_path": redis_unix_socket_path,
         }
+        if redis_encoding is not None:
+            self._redis_options["encoding"] = redis_encoding
+        if redis_encoding_errors is not None:
+            self._redis_options["encoding_errors"] = redis_encoding_errors
         self._own_url = _own_url(
             redis_url, redis_host, redis_port, redis_db, redis_password, redis_unix_socket_path
         )
-        self._own_socket_timeout = redis_socket_timeout
-        self._own_client: redis.Redis | None = None
+        self._own_binding: Binding | None = None
         self._own_lock = threading.Lock()
         self._binding: Binding | None = None
         self._key_head: str | None = None
@@ -1028,7 +1431,7 @@ class TransientSessionFactory:
         client is asked of the manager on every use, so a forked worker connects anew.
         """
         if self._binding is None:
-            self._binding = bind(self._manager, "session", "sessions")
+            self._binding = bind(self._manager, "session", self.database)
         return self._binding
 
     @property
@@ -1039,6 +1442,13 @@ class TransientSessionFactory:
     @property
     def keyspace(self) -> KeySpace:
         return self.binding.keyspace
+
+    @property
+    def wait_read_timeout(self) -> float | None:
+        """How long the reply of a save's ``WAIT`` is awaited (it may outlast the socket
+        timeout: the server answers at ``wait_timeout``)."""
+        socket_timeout = self._own_socket_timeout or self.manager.settings.socket_timeout
+        return self.wait_timeout + max(socket_timeout or 0, 0.5)
 
     def key(self, session_id: Any) -> str:
         """The Redis key of ``session_id``: ``{key_prefix}:session:{id}``."""
@@ -1056,49 +1466,45 @@ class TransientSessionFactory:
         """A new session id (48 random bytes by default); nothing is written yet."""
         return self._id_prefix + self._id_generator()
 
-    def new_payload(self) -> dict[str, Any]:
-        return cast(
-            dict[str, Any],
-            empty_session_payload(timeout=self.timeout or 0, python_expires=self.python_expires),
-        )
-
     def seal(self, key: str, payload: bytes) -> bytes:
         """``payload`` behind an HMAC of the secret over the key and the payload."""
         mac = self._mac.copy()
         mac.update(key.encode() + b"\x00" + payload)
         return _SEAL_VERSION + mac.digest() + payload
 
-    def unseal(self, key: str, raw: bytes) -> bytes:
-        """The payload of ``raw`` if its HMAC verifies for ``key``, else an invalid session."""
+    def unseal(self, key: str, raw: bytes) -> bytes | None:
+        """The payload of ``raw`` if its HMAC verifies for ``key``, else None."""
         head = len(_SEAL_VERSION)
         mac, payload = raw[head : head + _MAC_SIZE], raw[head + _MAC_SIZE :]
         expected = self._mac.copy()
         expected.update(key.encode() + b"\x00" + payload)
         if not raw.startswith(_SEAL_VERSION) or not hmac.compare_digest(mac, expected.digest()):
-            log.warning(
-                "session key %r holds a payload that fails HMAC verification (written by "
-                "something without the session secret, or for another key); starting a "
-                "fresh session",
-                self.redact(key),
-            )
-            raise InvalidSession_DeserializationError(
-                f"session key {self.redact(key)!r} failed verification"
-            )
+            return None
         return payload
 
-    def client(self, request: Any) -> redis.Redis:
+    def client(self, request: Any) -> Any:
         """The client sessions of ``request`` use."""
-        if self._client_callable is not None:
-            return self._client_callable(request, **self._redis_options)
-        if self._own_url is not None:
-            if self._own_client is None:
-                with self._own_lock:  # concurrent first requests build one client
-                    if self._own_client is None:
-                        self._own_client = self._make_own_client(self._own_url)
-            return self._own_client
-        return cast(redis.Redis, self.binding.client)
+        return self.binding_for(request).client
 
-    def _make_own_client(self, url: str) -> redis.Redis:
+    def binding_for(self, request: Any) -> Binding:
+        """The :class:`~pyramid_transient.binding.Binding` sessions of ``request`` use: the
+        manager's, or one over the server ``redis.sessions.*`` names."""
+        if self._client_callable is not None:
+            client = self._client_callable(request, **self._redis_options)
+            return Binding(self.keyspace, client=client, name=self.database)
+        if self._own_url is not None:
+            if self._own_binding is None:
+                with self._own_lock:  # concurrent first requests build one client
+                    if self._own_binding is None:
+                        self._own_binding = Binding(
+                            self.keyspace,
+                            client=self._make_own_client(self._own_url),
+                            name=self.database,
+                        )
+            return self._own_binding
+        return self.binding
+
+    def _make_own_client(self, url: str) -> Any:
         s = self.manager.settings
         timeout = self._own_socket_timeout or s.socket_timeout
         client = cast(
@@ -1119,7 +1525,7 @@ class TransientSessionFactory:
             return None
         try:
             session_id = self._cookie_signer.loads(value.encode("utf-8", "surrogateescape"))
-        except Exception as exc:
+        except Exception as exc:  # any signer's refusal: tampered, truncated, foreign
             log.warning(
                 "session cookie %r failed signature verification (tampered, truncated or "
                 "signed with another secret: %s); starting a fresh session",
@@ -1132,37 +1538,9 @@ class TransientSessionFactory:
     # ------------------------------------------------------------------ per request
 
     def __call__(self, request: Any) -> TransientSession:
-        client = self.client(request)
-        session_id = self._read_cookie(request)
-        session: TransientSession | None = None
-        if session_id is not None:
-            try:
-                session = TransientSession(self, client, session_id, new=False)
-            except InvalidSession as exc:
-                if isinstance(exc, InvalidSession_NotInBackend):
-                    log.info("session cookie names no stored session (expired?): %s", exc)
-                elif not isinstance(exc, InvalidSession_DeserializationError):
-                    # pyramid_session_redis's own messages carry the whole id: not logged.
-                    log.info(
-                        "session key %r discarded (%s); starting a fresh session",
-                        self.redact(self.key(session_id)),
-                        _DISCARD_REASONS.get(type(exc), type(exc).__name__),
-                    )
-                if self._func_invalid_logger is not None:
-                    self._func_invalid_logger(request, exc)
-        was_valid = session is not None
-        if session is None:
-            session = TransientSession(self, client, LazyCreateSession, new=True)
-        set_cookie = functools.partial(self._set_cookie, session)
-        request.add_response_callback(
-            functools.partial(
-                session._on_response,
-                cookie_was_valid=was_valid,
-                set_cookie_func=set_cookie,
-                **self._cookie_options,
-            )
-        )
-        request.add_finished_callback(session._deferred_callback)
+        session = TransientSession(self, self.binding_for(request), request)
+        request.add_response_callback(session._on_response)
+        request.add_finished_callback(session._on_finished)
         if request.environ.get("tm.active"):
             _join_transaction(request, session)
         return session
@@ -1197,27 +1575,61 @@ def _own_url(
     return None
 
 
-def rotate_session(request: Any) -> None:
+def rotate_session(request: Any, new_csrf_token: bool = True) -> None:
     """Give ``request.session`` a new id, keeping its data (call it at login).
 
-    The old id stops working at the end of the request.
+    With ``new_csrf_token`` (the default) it also gets a new CSRF token. The old id stops
+    working at the end of the request.
     """
     session = request.session
     if not isinstance(session, TransientSession):
         raise InvalidArgument(
             f"rotate_session needs a pyramid_transient session, not {type(session).__name__}"
         )
-    session.rotate()
+    session.rotate(new_csrf_token=new_csrf_token)
+
+
+def save_tween_factory(handler: Callable[[Any], Any], registry: Any) -> Callable[[Any], Any]:
+    """The tween of ``transient.sessions.save_before_response``: over pyramid_tm (so the
+    database has committed) and the exception view, it saves a session the request
+    touched before the response leaves; a failed save is rendered by the exception view of
+    :class:`~pyramid_transient.exceptions.SessionUnavailable` (the 503 page)."""
+
+    def save_before_response(request: Any) -> Any:
+        response = handler(request)
+        session = request.__dict__.get("session")  # set only if the request touched it
+        if isinstance(session, TransientSession):
+            try:
+                session._save_before_response(request, response)
+            except SessionUnavailable:
+                log.error("the session could not be saved: answering 503", exc_info=True)
+                return request.invoke_exception_view(sys.exc_info(), reraise=True)
+        return response
+
+    return save_before_response
 
 
 def includeme(config: Any) -> None:
     """Set the session factory from ``redis.sessions.*`` and ``transient.sessions.*``.
 
     Raises :class:`~pyramid_transient.exceptions.ConfigurationError` at once for a missing
-    secret or a bad value.
+    secret or a bad value. Dotted ``redis.sessions.*`` settings are resolved, and the
+    objects written back into the registry's settings (as pyramid_session_redis does).
     """
+    from pyramid.tweens import EXCVIEW
+
     from .connection import include_manager
 
     include_manager(config)
-    factory = session_factory_from_settings(config.get_settings(), get_manager(config.registry))
+    settings = config.get_settings()
+    for name in DOTTED_SETTINGS:
+        key = PREFIX + name
+        if key in settings:
+            settings[key] = python_object(key, settings[key])
+    factory = session_factory_from_settings(settings, get_manager(config.registry))
     config.set_session_factory(factory)
+    if factory.save_before_response:
+        config.add_tween(
+            "pyramid_transient.sessions.save_tween_factory",
+            over=("pyramid_tm.tm_tween_factory", EXCVIEW),
+        )

@@ -43,12 +43,19 @@ Node = tuple[str, int]
 
 @dataclass(frozen=True)
 class SessionSettings:
-    """``transient.sessions.*``: our additions to pyramid_session_redis."""
+    """``transient.sessions.*``: what sessions add to pyramid_session_redis's settings."""
 
     #: Largest encoded session accepted, in bytes.
     max_bytes: int = 64 * 1024
     #: ``json`` (our codec, the default) or ``pickle`` (opt-in, trusts Redis fully).
     serializer: str = "json"
+    #: Save a changed session before the response leaves, answering 503
+    #: (``SessionUnavailable``) when the save fails, instead of after it (logged).
+    save_before_response: bool = False
+    #: Replicas each session save waits for (Redis ``WAIT``); 0 waits for none.
+    wait_replicas: int = 0
+    #: Seconds to wait for those replicas before the save counts as failed.
+    wait_timeout: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -169,8 +176,24 @@ def string(key: str, value: Any) -> str:
 
 
 def optional_string(key: str, value: Any) -> str | None:
+    if value is None:
+        return None
     text = _text(value)
     return text or None
+
+
+def optional(parse: Parser, *, zero_is_none: bool = False) -> Parser:
+    """``parse``, reading ``None``, an empty value and ``"None"`` (any case) as None: the
+    setting's default. With ``zero_is_none``, a parsed 0 is None too (pyramid_session_redis
+    reads ``0`` as "no value" for its timeouts)."""
+
+    def parse_optional(key: str, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            return None
+        result = parse(key, value)
+        return None if zero_is_none and result == 0 else result
+
+    return parse_optional
 
 
 def integer(low: int, high: int | None = None) -> Parser:
@@ -229,12 +252,46 @@ def boolean(key: str, value: Any) -> bool:
     raise _fail(key, value, "a boolean (true/false, yes/no, on/off, 1/0)")
 
 
-def choice(*options: str) -> Parser:
+def choice(*options: str, canonical: Callable[[str], str] | None = None) -> Parser:
+    """One of ``options`` (compared in lower case); ``canonical`` spells the result (for
+    example :meth:`str.capitalize`), lower case by default."""
+    shown = ", ".join(repr(canonical(o) if canonical else o) for o in options)
+
     def parse(key: str, value: Any) -> str:
         text = _text(value).lower()
         if text not in options:
-            raise _fail(key, value, "one of " + ", ".join(repr(o) for o in options))
-        return text
+            raise _fail(key, value, "one of " + shown)
+        return canonical(text) if canonical else text
+
+    return parse
+
+
+def python_object(key: str, value: Any) -> Any:
+    """A dotted name (``pkg.module.attr`` or ``pkg.module:attr``) resolved to its object; an
+    object given as is (settings built in Python) is kept; empty is None."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return None
+    from pyramid.path import DottedNameResolver
+
+    try:
+        return DottedNameResolver().maybe_resolve(text)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise _fail(key, value, f"a dotted name of an importable object ({exc})") from None
+
+
+def python_only(hint: str) -> Parser:
+    """A key that cannot be given in an ini file (it needs a Python object): always refused,
+    saying what to do instead (``hint``)."""
+
+    def parse(key: str, value: Any) -> Any:
+        raise ConfigurationError(
+            f"{key} cannot be set in settings (it needs a Python object), not {value!r}; {hint}",
+            key=key,
+            value=value,
+        )
 
     return parse
 
@@ -364,6 +421,9 @@ SETTINGS: dict[str, Setting] = {
         _row("ssl.check_hostname", boolean),
         _row("sessions.max_bytes", integer(256), "sessions:max_bytes"),
         _row("sessions.serializer", choice(*SESSION_SERIALIZERS), "sessions:serializer"),
+        _row("sessions.save_before_response", boolean, "sessions:save_before_response"),
+        _row("sessions.wait_replicas", integer(0), "sessions:wait_replicas"),
+        _row("sessions.wait_timeout", number(0, allow_zero=False), "sessions:wait_timeout"),
         _row("messages.kinds", message_kinds, "messages:kinds"),
         _row("cache.sqlalchemy_session", dotted_name, "cache:sqlalchemy_session"),
         _row("cache.token_ttl", integer(1), "cache:token_ttl"),
