@@ -33,8 +33,21 @@ def test_bind_to_a_registry_uses_its_apps_manager(transient_settings: dict[str, 
 
 
 def test_bind_without_a_running_app_says_what_to_do() -> None:
-    with pytest.raises(ConfigurationError, match=r"config\.include"):
+    # Issue 16: no app at all (a worker, a script) is told to bootstrap or pass a client,
+    # not to add config.include (which is the advice for an app running without us).
+    with pytest.raises(ConfigurationError, match="no application is running: bootstrap or pass"):
         bind(None, "store")
+
+
+def test_bind_in_an_app_without_pyramid_transient_says_to_include_it() -> None:
+    from pyramid import testing
+
+    testing.setUp()
+    try:
+        with pytest.raises(ConfigurationError, match=r"config\.include"):
+            bind(None, "store")
+    finally:
+        testing.tearDown()
 
 
 def test_bind_to_an_unknown_database_name_is_an_error(transient_manager: RedisManager) -> None:

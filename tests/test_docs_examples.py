@@ -15,7 +15,9 @@ The convention, also summed up on the docs' install page:
     ``;`` or ``#`` comment is refused (PasteDeploy keeps it as part of the value).
 ``.. code-block:: html+jinja`` (or ``jinja``)
     Rendered by Jinja2 with autoescaping and ``StrictUndefined``, in the page's namespace
-    (so an undefined name fails); the result is left in the namespace as ``rendered``.
+    (so an undefined name fails), with the globals and the ``{% cache %}`` tag that
+    :mod:`pyramid_transient.jinja2` registers on pyramid_jinja2's environments; the
+    result is left in the namespace as ``rendered``.
 ``.. code-block:: console`` (or ``bash``), and bare ``::`` literal blocks
     Not executed. Their ``ptransient`` command lines must parse with the real argument
     parser (``[--option]`` means the option is optional), and ``pip install`` lines must
@@ -90,6 +92,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from sqlalchemy.orm import sessionmaker as make_sessionmaker
 
 from pyramid_transient.connection import get_manager
+from pyramid_transient.jinja2 import add_to_environment
 from pyramid_transient.scripts.ptransient import build_parser
 from pyramid_transient.sessions import parse_session_settings
 from pyramid_transient.settings import parse_settings
@@ -503,6 +506,7 @@ def _exec(code: str, namespace: dict[str, Any], block: Block) -> None:
 
 def _render(code: str, namespace: dict[str, Any]) -> None:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    add_to_environment(env)  # the globals pyramid_transient gives pyramid_jinja2's env
     context = {k: v for k, v in namespace.items() if not k.startswith("_")}
     namespace["rendered"] = env.from_string(code).render(context)
 
@@ -573,7 +577,7 @@ BROKEN = {
     "template": """
 .. code-block:: html+jinja
 
-   {{ render_messages(pop_messages(request)) }}
+   {{ render_flashes(pop_flashes(request)) }}
 """,
     "bare python": """
 Like this::

@@ -221,3 +221,18 @@ def test_bad_url_is_a_configuration_error_at_startup(value: str) -> None:
         manager = RedisManager.from_settings({"transient.url": value})
         manager.get()  # if parsing let it through, the first use must not be the one failing
     assert info.value.key == "transient.url" and value in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "nearest"),
+    [
+        ("transient.dbs.celery", "transient.db.celery"),
+        ("transient.cache.region.pages.expire", "transient.cache.region.pages.expiration"),
+        ("transient.cache.regions.pages.expiration", "transient.cache.region.pages.expiration"),
+        ("transient.socket_timout", "transient.socket_timeout"),
+    ],
+)
+def test_did_you_mean_keeps_the_free_name_of_a_pattern_key(key: str, nearest: str) -> None:
+    with pytest.raises(ConfigurationError) as err:
+        parse_settings({key: "3"})
+    assert f"did you mean {nearest!r}?" in str(err.value)

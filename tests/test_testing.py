@@ -108,3 +108,47 @@ def test_the_classes_import_without_pytest() -> None:
         "from pyramid_transient.testing import RedisServer, RoundTripCounter, test_settings"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+DANGER = """
+pytest_plugins = ["pyramid_transient.testing"]
+
+def test_where(transient_manager, transient_redis_url):
+    print("URL", transient_redis_url)
+"""
+
+
+def test_the_generic_redis_url_variable_is_never_read(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, transient_redis_url: str
+) -> None:
+    # An app's environment often sets REDIS_URL for its own server: the plugin flushes the
+    # databases of the server it uses, so it must not take that one.
+    from redis import Redis
+
+    victim = Redis.from_url(transient_redis_url, db=14)
+    victim.set("an app's key", "precious")
+    monkeypatch.setenv("REDIS_URL", transient_redis_url)
+    monkeypatch.delenv("TRANSIENT_TEST_REDIS_URL", raising=False)
+    pytester.makepyfile(DANGER)
+    result = pytester.runpytest_subprocess("-s")
+    result.assert_outcomes(passed=1)
+    assert f"URL {transient_redis_url}\n" not in result.stdout.str()
+    assert victim.get("an app's key") == b"precious"
+    victim.delete("an app's key")
+    victim.close()
+
+
+def test_a_server_of_your_own_is_named_on_purpose(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, transient_redis_url: str
+) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("TRANSIENT_TEST_REDIS_URL", transient_redis_url)
+    pytester.makepyfile(DANGER)
+    result = pytester.runpytest_subprocess("-s")
+    result.assert_outcomes(passed=1)
+    assert f"URL {transient_redis_url}" in result.stdout.str()
+    monkeypatch.delenv("TRANSIENT_TEST_REDIS_URL")
+    # an option of a plugin: loaded from a conftest.py, or named with -p
+    pytester.makeconftest('pytest_plugins = ["pyramid_transient.testing"]')
+    result = pytester.runpytest_subprocess("-s", f"--redis-url={transient_redis_url}")
+    assert f"URL {transient_redis_url}" in result.stdout.str()

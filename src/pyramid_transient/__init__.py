@@ -138,3 +138,4 @@ def includeme(config: Any) -> None:
     config.include("pyramid_transient.views")  # the default 503 for Unavailable
     for capability in CAPABILITIES:
         config.include(capability)
+    config.include("pyramid_transient.jinja2")  # template globals, when pyramid_jinja2 is used

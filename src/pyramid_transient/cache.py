@@ -55,6 +55,7 @@ from .exceptions import (
 )
 from .invalidation import (
     Identity,
+    InvalidationListener,
     TokenStore,
     identities_of,
     register,
@@ -197,6 +198,49 @@ def _outage(target: Any) -> _Outage:
     return outage
 
 
+# Session classes known to carry invalidation hooks (a sessionmaker's class, a scoped
+# session's factory class, a Session subclass), and those already warned about.
+_HOOKED: weakref.WeakSet[type] = weakref.WeakSet()
+_WARNED: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+def _describe_factory(session: Any) -> str:
+    cls = type(session)
+    bind = getattr(session, "bind", None)
+    where = f", bound to {bind!r}" if bind is not None else ""
+    return f"{cls.__module__}.{cls.__qualname__} (a sessionmaker's session class{where})"
+
+
+def _check_hooked(state: Any, instance: Any) -> None:
+    """Warn, once per session factory, when a key is taken over an instance whose session
+    has no invalidation hooks: its commits would never move the key (staleness up to the
+    token's time to live, a day by default)."""
+    session = state.session
+    if session is None:
+        return  # detached: no session to ask
+    cls = type(session)
+    if cls in _HOOKED or cls in _WARNED:
+        return
+    for fn in session.dispatch.after_commit:
+        owner = getattr(fn, "__self__", None)
+        if isinstance(owner, InvalidationListener):
+            if owner.target is not session:
+                _HOOKED.add(cls)  # hooked on the factory: every session of it is
+            return
+    _WARNED.add(cls)
+    log.warning(
+        "cache_key over %s instance %r: its session, from %s, has no pyramid_transient "
+        "invalidation hooks, so its commits never change this key and the cached value "
+        "stays stale up to transient.cache.token_ttl; call "
+        "pyramid_transient.invalidation.register(session_factory, config.registry) where "
+        "the sessionmaker is built (the starter's models.includeme), or set "
+        "transient.cache.sqlalchemy_session to a module-level sessionmaker",
+        type(instance).__name__,
+        instance,
+        _describe_factory(session),
+    )
+
+
 class CacheKeyGenerator:
     """Builds cache keys from fragments; ``generator(*fragments) -> str``.
 
@@ -239,6 +283,9 @@ class CacheKeyGenerator:
                 parts.append(_canonical(fragment))
                 continue
             else:
+                state = getattr(fragment, "_sa_instance_state", None)
+                if state is not None and not isinstance(fragment, type):
+                    _check_hooked(state, fragment)
                 ids = identities_of(fragment)
             parts.append(tuple(identities.setdefault(i, len(identities)) for i in ids))
         digest = hashlib.blake2b(digest_size=20)
@@ -617,4 +664,39 @@ def includeme(config: Any) -> None:
     add_request_attribute(config, "cache_key", lambda request: CacheKeyGenerator(store))
     dotted = manager.settings.cache.sqlalchemy_session
     if dotted:
-        register(config.maybe_dotted(dotted), manager)
+        register(resolve_session_setting(config, dotted), manager)
+
+
+def resolve_session_setting(config: Any, dotted: str) -> Any:
+    """The object ``transient.cache.sqlalchemy_session`` names, checked at startup: it
+    must import and be something the hooks can bind to."""
+    from .invalidation._listener import ACCEPTED_TARGETS, hookable
+
+    key = "transient.cache.sqlalchemy_session"
+    try:
+        target = config.maybe_dotted(dotted)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(
+            f"{key} = {dotted!r} cannot be imported ({type(exc).__name__}: {exc}); it must "
+            f"name {ACCEPTED_TARGETS} at module level (a sessionmaker built at run time, as "
+            "in the Pyramid starter's models.includeme, is registered there instead: "
+            "register(session_factory, config.registry))",
+            key=key,
+            value=dotted,
+        ) from None
+    if not hookable(target):
+        hint = ""
+        if callable(target) and not isinstance(target, type):
+            hint = (
+                " It names a function: in the Pyramid starter layout, call "
+                "pyramid_transient.invalidation.register(session_factory, config.registry) "
+                "in models.includeme, on the sessionmaker get_session_factory returns, and "
+                "remove this setting."
+            )
+        raise ConfigurationError(
+            f"{key} = {dotted!r} names {target!r}, not {ACCEPTED_TARGETS} (the objects "
+            f"SQLAlchemy's session events bind to).{hint}",
+            key=key,
+            value=dotted,
+        )
+    return target

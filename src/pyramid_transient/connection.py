@@ -316,7 +316,17 @@ class RedisManager:
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> RedisManager:
-        """Build a manager from raw ``transient.*`` settings (as in an ini file)."""
+        """Build a manager from raw ``transient.*`` settings (as in an ini file).
+
+        A Pyramid ``Registry`` (a dict too) is refused: its settings are
+        ``registry.settings``, and the app's own manager is ``get_manager(registry)``.
+        """
+        if hasattr(settings, "queryUtility") or hasattr(settings, "registry"):
+            raise ConfigurationError(
+                f"RedisManager.from_settings() takes the settings dict, not {settings!r}: "
+                "use get_manager(registry) for the app's manager, or "
+                "RedisManager.from_settings(registry.settings) for a new one"
+            )
         return cls(parse_settings(settings))
 
     def __repr__(self) -> str:
@@ -544,7 +554,15 @@ class RedisManager:
             )
         parts = urlsplit(s.url)
         if parts.scheme == "memory":
-            return f"memory://{parts.netloc}/{db}"
+            # Kombu reads memory:// as its own in-process transport: a task sent there
+            # would never reach a worker, silently.
+            raise ConfigurationError(
+                f"transient.url = {s.url!r} is the embedded server of this process, which "
+                f"no other process (a Celery worker) can reach: url_for({name!r}) needs a "
+                "real server (redis://, rediss://, unix:// or Sentinel)",
+                key="transient.url",
+                value=s.url,
+            )
         if parts.scheme == "unix":
             query = [q for q in parts.query.split("&") if q and not q.startswith("db=")]
             # urlunsplit would drop the empty authority and give "unix:/path"
@@ -589,14 +607,43 @@ def get_redis(request_or_registry: Any, name: str = "default") -> redis.Redis:
     return get_manager(request_or_registry).get(name)
 
 
+_DEFAULT_MANAGER: list[RedisManager] = []
+
+
+def set_default_manager(manager: RedisManager | None) -> RedisManager | None:
+    """Make ``manager`` the one capabilities without a client use when no Pyramid app is
+    current in the calling thread (a Celery worker's pool threads, a script); ``None``
+    forgets it. Returns the previous one. :func:`pyramid_transient.celery.bootstrap_worker`
+    sets it to the app it bootstraps.
+    """
+    previous = _DEFAULT_MANAGER[-1] if _DEFAULT_MANAGER else None
+    _DEFAULT_MANAGER[:] = [manager] if manager is not None else []
+    return previous
+
+
 def current_manager() -> RedisManager:
-    """The manager of the running app (Pyramid's current registry).
+    """The manager of the running app: Pyramid's current registry's, else the one
+    :func:`set_default_manager` set (a worker's bootstrap).
 
     Used by capabilities created without an explicit client, e.g. at import time.
     """
+    from pyramid.registry import global_registry
     from pyramid.threadlocal import get_current_registry
 
-    return get_manager(get_current_registry())
+    registry = get_current_registry()
+    manager = registry.queryUtility(IRedisManager)
+    if manager is not None:
+        return cast(RedisManager, manager)
+    if _DEFAULT_MANAGER:
+        return _DEFAULT_MANAGER[-1]
+    if registry is global_registry:
+        raise ConfigurationError(
+            "no application is running: bootstrap or pass a client (in a script or a "
+            "worker, pyramid.paster.bootstrap('production.ini') or "
+            "pyramid_transient.celery.bootstrap_worker; or give the capability a "
+            "RedisManager, a registry or a redis.Redis)"
+        )
+    return get_manager(registry)
 
 
 class _RequestAttribute:

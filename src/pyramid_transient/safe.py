@@ -243,6 +243,17 @@ def _config_value(reply: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+#: ``(host, port)`` of servers that are meant to persist nothing (the test server that
+#: :mod:`pyramid_transient.testing` starts): no "persists nothing" warning for them.
+THROWAWAY_SERVERS: set[tuple[str, int]] = set()
+
+
+def _address(client: Any) -> tuple[str, int] | None:
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    host, port = kwargs.get("host"), kwargs.get("port")
+    return (host, int(port)) if isinstance(host, str) and port is not None else None
+
+
 class _Target:
     """Where one safe lives for one manager (or one bare client), and how it writes."""
 
@@ -313,6 +324,9 @@ class _Target:
         if appendonly == "yes":
             return
         if not save.strip():
+            if _address(self.client()) in THROWAWAY_SERVERS:
+                log.debug("safe %r: the test server persists nothing, as it should", name)
+                return
             log.warning(
                 "safe %r (%s): the Redis server persists nothing (appendonly no, save ''): "
                 "every safe is lost when it restarts; enable appendonly yes, or replicas "

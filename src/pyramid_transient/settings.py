@@ -449,7 +449,15 @@ _seconds = integer(1)
 
 
 def _nearest(key: str) -> str:
+    # The pattern keys are offered with the free name the user wrote (transient.dbs.celery
+    # is nearest to transient.db.celery, not to a fixed key that happens to look alike).
+    parts = key.split(".")
     candidates = [*SETTINGS, "transient.db.default", "transient.cache.region.default.expiration"]
+    if len(parts) >= 3:
+        candidates.append("transient.db." + ".".join(parts[2:]))
+    if len(parts) >= 4:
+        candidates.append(f"transient.cache.region.{parts[-2]}.expiration")
+    candidates = [c for c in candidates if c != key]
     match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
     return f"; did you mean {match[0]!r}?" if match else ""
 

@@ -3,9 +3,10 @@
 DESIGN section 6: side effects that depend on the SQL transaction run only after a
 successful commit, are dropped on abort, and are savepoint-aware (rolling a savepoint back
 drops only the work recorded after it). :func:`after_commit` records a callable in a data
-manager joined to the current transaction (pyramid_tm's ``request.tm``, or the thread's
-default manager); the data manager runs it in ``tpc_finish``, after every other resource,
-the SQL database included, has committed. Nothing there may raise into the application.
+manager joined to the current transaction (pyramid_tm's ``request.tm``, found from the
+request given or the current one, else the thread's default manager); the data manager
+runs it in ``tpc_finish``, after every other resource, the SQL database included, has
+committed. Nothing there may raise into the application.
 
 A connection error may come after Redis ran an action (a lost reply), so an action is sent
 again only when it was recorded as *idempotent*: its write carries its own identity, so
@@ -29,7 +30,7 @@ from .exceptions import Unavailable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AfterCommit", "AfterCommitFailed", "after_commit"]
+__all__ = ["AfterCommit", "AfterCommitFailed", "after_commit", "transaction_manager_of"]
 
 
 class AfterCommitFailed:
@@ -139,28 +140,55 @@ class AfterCommit:
 _DATA_KEY = object()
 
 
+def transaction_manager_of(request: Any = None, transaction_manager: Any = None) -> Any:
+    """The transaction manager work of this request joins: ``transaction_manager`` when
+    given, else ``request.tm`` (pyramid_tm's; with ``tm.manager_hook =
+    pyramid_tm.explicit_manager`` it is not the thread's default), else the current
+    request's ``tm``, else the thread's default manager (outside requests)."""
+    if transaction_manager is not None:
+        return transaction_manager
+    if request is None:
+        from pyramid.threadlocal import get_current_request
+
+        request = get_current_request()
+    tm = getattr(request, "tm", None) if request is not None else None
+    if tm is not None:
+        return tm
+    import transaction
+
+    return transaction.manager
+
+
 def after_commit(
     what: str,
     action: Callable[[], None],
     *,
     transaction_manager: Any = None,
+    request: Any = None,
     idempotent: bool = False,
 ) -> AfterCommit:
     """Run ``action`` after the current transaction commits; drop it on abort.
 
     :param what: a description for the log, e.g. ``"deferred save of Task 3"``.
-    :param transaction_manager: pyramid_tm's ``request.tm``; the thread's default manager
-        when ``None``.
+    :param transaction_manager: the manager whose transaction to join; when ``None``,
+        ``request.tm`` of ``request`` (or of the current request), else the thread's
+        default manager.
+    :param request: the request whose ``request.tm`` to join.
     :param idempotent: ``action`` may be sent once more after
         :class:`~pyramid_transient.exceptions.Unavailable`, because a second copy of a
         write that was applied is a no-op (its write carries its identity). Leave it
         ``False`` unless that is true.
     :returns: the data manager of the current transaction (one per transaction).
+    :raises ~pyramid_transient.exceptions.InvalidArgument: ``action`` is not callable
+        (checked now, not after the commit, when nobody could be told).
     """
-    if transaction_manager is None:
-        import transaction
+    if not callable(action):
+        from .exceptions import InvalidArgument
 
-        transaction_manager = transaction.manager
+        raise InvalidArgument(
+            f"after_commit({what!r}, ...) needs a callable action, not {action!r}"
+        )
+    transaction_manager = transaction_manager_of(request, transaction_manager)
     txn = transaction_manager.get()
     try:
         manager: AfterCommit = txn.data(_DATA_KEY)

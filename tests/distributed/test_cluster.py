@@ -185,6 +185,6 @@ def test_ptransient_backs_up_and_restores_a_cluster(
         client.delete(key)
     out = io.StringIO()
     assert main([str(ini), "restore", str(backup)], out=out) == 0, out.getvalue()
-    assert "restored 40 keys, skipped 0" in out.getvalue()
+    assert out.getvalue() == "restored 40 keys\n"  # no reason to report
     assert [client.get(key) for key in keys] == [encode(i) for i in range(40)]
     assert client.ttl(keys[1]) > 0 and client.ttl(keys[0]) == -1

@@ -150,3 +150,28 @@ def test_the_group_follows_a_failover_the_sentinels_made_on_their_own(
     assert group.master_port != before
     transient_sentinel_manager.get().set("k", b"v")
     assert transient_sentinel_manager.get().get("k") == b"v"
+
+
+def test_celery_configured_from_the_group_runs_a_task_through_the_sentinels(
+    transient_sentinel: SentinelGroup, transient_sentinel_manager: RedisManager
+) -> None:
+    # Issue 17 item 8: Kombu needs master_name in its transport options on Sentinel;
+    # pyramid_transient.celery.configure sets it for the broker and the result backend.
+    from celery import Celery
+    from celery.contrib.testing.worker import start_worker
+
+    from pyramid_transient.celery import configure
+
+    app = Celery("sentinel_test")
+    configure(app, transient_sentinel_manager)
+
+    @app.task(name="sentinel_test.add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+        assert add.delay(2, 3).get(timeout=20) == 5
+    # the queue lived on the master's celery database
+    master = redis.Redis(port=transient_sentinel.master_port, db=15)
+    assert master.exists("_kombu.binding.celery")
+    master.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Callable
 from typing import Any
@@ -109,3 +110,44 @@ def test_an_invalid_name_is_a_400_saying_why_and_changes_nothing(
     page = edit(app, name=name, price="30")
     assert "The name must be 1 to 100 characters long" in page.html.find(id="error").text
     assert "Price: 25" in app.get("/cache/1").text
+
+
+# ------------------------------------------------------------------ ptransient restore
+
+
+def test_a_restore_never_brings_back_a_page_invalidated_after_the_backup(
+    make_app: Callable[..., webtest.TestApp], app_settings: dict[str, str], tmp_path: Any
+) -> None:
+    # The stale-page scenario of issue 15: view, back up (region values included), edit
+    # the row (its commit deletes the token), restore without --replace, view again.
+    from pyramid_transient.scripts.ptransient import main
+
+    app = make_app()
+    ini = tmp_path / "app.ini"
+    settings = {"transient.db.default": "0", "transient.db.sessions": "1",
+                "transient.db.cache": "1", "transient.db.celery": "3", **app_settings}  # fmt: skip
+    ini.write_text(
+        "[app:main]\nuse = egg:pyramid-transient#demo\n"
+        + "".join(f"{k} = {v}\n" for k, v in settings.items())
+    )
+    detail = app.get("/cache/1")
+    backup = tmp_path / "b.jsonl"
+    argv = [str(ini), "backup", "--capability", "cache", "--capability", "sessions", str(backup)]
+    assert main(argv, out=io.StringIO(), err=io.StringIO()) == 0
+    form = detail.forms["edit"]
+    form["name"] = "Teapot v2"
+    assert form.submit().status_int == 303  # committed; the page is not viewed before
+
+    for replace in ([], ["--replace"]):
+        out = io.StringIO()
+        assert main([str(ini), "restore", *replace, str(backup)], out=out, err=out) == 0
+        page = app.get("/cache/1")
+        assert "<h1>Teapot v2</h1>" in page.text and build_of(page) != build_of(detail)
+
+    # After losing the whole cache database too: the restored values are unreachable
+    # (their tokens are gone for good), the page is built afresh from the row.
+    assert main([str(ini), "flush", "--db", "cache", "--yes"], out=io.StringIO()) == 0
+    assert not list(get_manager(app.app.registry).get("cache").scan_iter(match="*:cache:*"))
+    assert main([str(ini), "restore", str(backup)], out=io.StringIO(), err=io.StringIO()) == 0
+    page = app.get("/cache/1")
+    assert "<h1>Teapot v2</h1>" in page.text and build_of(page) != build_of(detail)

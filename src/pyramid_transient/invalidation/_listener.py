@@ -305,6 +305,20 @@ _REGISTERED: weakref.WeakValueDictionary[int, InvalidationListener] = weakref.We
 _REGISTERED_LOCK = threading.Lock()
 
 
+#: What :func:`register` binds to, for messages.
+ACCEPTED_TARGETS = "a sessionmaker, a scoped_session, a Session subclass or a Session"
+
+
+def hookable(target: Any) -> bool:
+    """Whether SQLAlchemy's session events can be bound to ``target``: a ``sessionmaker``,
+    a ``scoped_session``, a ``Session`` subclass or a ``Session``."""
+    from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+    if isinstance(target, sessionmaker | scoped_session | Session):
+        return True
+    return isinstance(target, type) and issubclass(target, Session)
+
+
 def register(
     session_or_sessionmaker: Any,
     redis: Any = None,
@@ -320,7 +334,20 @@ def register(
     :class:`~pyramid_transient.connection.RedisManager` or a registry (its ``cache``
     database, asked for at each commit); ``None`` means the running app's manager at
     commit time. Registering a target again replaces its previous listener.
+
+    Raises :class:`~pyramid_transient.exceptions.InvalidArgument` for anything else, such
+    as the starter's ``get_session_factory`` function instead of the sessionmaker it
+    returns.
     """
+    if not hookable(session_or_sessionmaker):
+        from ..exceptions import InvalidArgument
+
+        hint = ""
+        if callable(session_or_sessionmaker) and not isinstance(session_or_sessionmaker, type):
+            hint = " (a function: pass the sessionmaker it returns)"
+        raise InvalidArgument(
+            f"register() binds to {ACCEPTED_TARGETS}, not {session_or_sessionmaker!r}{hint}"
+        )
     with _REGISTERED_LOCK:
         previous = _REGISTERED.get(id(session_or_sessionmaker))
     if previous is not None and previous.target is session_or_sessionmaker:

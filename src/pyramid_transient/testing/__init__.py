@@ -15,7 +15,8 @@ Fixtures:
 
 ``transient_redis_url``
     (session) URL of that server, started for the run on a free loopback port (never
-    6379), or the server named by ``--redis-url`` / ``REDIS_URL``.
+    6379), or the server named by ``--redis-url`` / ``TRANSIENT_TEST_REDIS_URL`` (never
+    the generic ``REDIS_URL``: the tests flush databases 13 to 15 of that server).
 ``transient_redis_server``
     (session) the :class:`RedisServer` started for the run (``None`` when external), for
     tests that stop and restart it.
@@ -32,10 +33,14 @@ Fixtures:
     for tests of that backend only).
 ``round_trips``
     a :class:`RoundTripCounter`: ``with round_trips() as rt: ...; assert rt.count == 1``.
+``transient_testapp``
+    (per test) :func:`committing_testapp` over your own ``app`` fixture: each request
+    commits, so invalidation, on-commit flashes and after-commit tasks happen.
 """
 
 from __future__ import annotations
 
+from ._apps import SHARED_TRANSACTION_KEYS, committing_testapp
 from ._binaries import (
     INSTALL_HINT,
     PACKAGES,
@@ -49,12 +54,13 @@ from ._cluster import RedisClusterGroup
 from ._roundtrips import RoundTripCounter
 from ._sentinel import SentinelGroup, SentinelServer
 from ._servers import RedisServer, free_port, in_ci
-from ._settings import TEST_DBS, test_settings
+from ._settings import TEST_DBS, app_test_settings, test_settings
 
 __all__ = [
     "INSTALL_HINT",
     "PACKAGES",
     "SEARCH",
+    "SHARED_TRANSACTION_KEYS",
     "TEST_DBS",
     "RedisClusterGroup",
     "RedisServer",
@@ -63,6 +69,8 @@ __all__ = [
     "SentinelServer",
     "ServerBinary",
     "ServerNotFound",
+    "app_test_settings",
+    "committing_testapp",
     "find_server",
     "free_port",
     "in_ci",

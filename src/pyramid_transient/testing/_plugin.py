@@ -18,12 +18,18 @@ import pytest
 import redis
 
 from ..connection import RedisManager
+from ..safe import THROWAWAY_SERVERS
 from ._binaries import ServerBinary, ServerNotFound, find_server
 from ._cluster import RedisClusterGroup
 from ._roundtrips import RoundTripCounter
 from ._sentinel import SentinelGroup
 from ._servers import RedisServer, start_with_retries
 from ._settings import TEST_DBS, test_settings
+
+#: The one environment variable that points the tests at a server of your own (whose
+#: databases 13 to 15 they flush): named for this plugin, so that it is set on purpose.
+#: The generic ``REDIS_URL`` of an app's environment is never read.
+URL_VARIABLE = "TRANSIENT_TEST_REDIS_URL"
 
 #: Fixtures that start servers of ours: a test using one needs a server binary.
 _NEEDS_BINARY = ("transient_cluster", "transient_sentinel")
@@ -61,9 +67,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pyramid_transient")
     group.addoption(
         "--redis-url",
-        default=os.environ.get("REDIS_URL"),
-        help="use this Redis server instead of starting one (also REDIS_URL); "
-        "tests flush databases 13 to 15 on it",
+        default=os.environ.get(URL_VARIABLE) or None,
+        help=f"use this Redis server instead of starting one (also {URL_VARIABLE}; the "
+        "generic REDIS_URL is never read): the tests FLUSHDB its databases 13 to 15",
     )
 
 
@@ -112,9 +118,13 @@ def _transient_target(request: pytest.FixtureRequest) -> Iterator[_Target]:
         pytest.fail(f"could not start {binary.describe()}: {exc}", pytrace=False)
     run.server = server
     run.notes.append(f"tests ran on {binary.describe()} at {server.url}")
+    # It persists nothing on purpose: the safes need not warn about it.
+    address = ("127.0.0.1", server.port)
+    THROWAWAY_SERVERS.add(address)
     try:
         yield _Target(server.url, server)
     finally:
+        THROWAWAY_SERVERS.discard(address)
         run.server = None
         server.cleanup()
 
@@ -160,6 +170,15 @@ def transient_memory() -> Iterator[RedisManager]:
 @pytest.fixture
 def round_trips() -> RoundTripCounter:
     return RoundTripCounter()
+
+
+@pytest.fixture
+def transient_testapp(request: pytest.FixtureRequest) -> Any:
+    """:func:`~pyramid_transient.testing.committing_testapp` over the ``app`` fixture of
+    the suite using the plugin (the WSGI app, any scope)."""
+    from ._apps import committing_testapp
+
+    return committing_testapp(request.getfixturevalue("app"))
 
 
 def _ensure_up(manager: RedisManager, server: RedisServer | None) -> None:

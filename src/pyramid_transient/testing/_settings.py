@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 #: The database numbers the tests use, by name (``transient.db.*`` of :func:`test_settings`).
@@ -23,3 +25,21 @@ def test_settings(url: str, *, key_prefix: str = "", **extra: Any) -> dict[str, 
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test, despite its name
+
+
+#: Server keys of an app's settings that :func:`app_test_settings` replaces.
+_SERVER_KEYS = re.compile(
+    r"^transient\.(url|key_prefix|db\..+|sentinel\..+|cluster\..+|username|password|ssl\..+)$"
+)
+
+
+def app_test_settings(
+    settings: Mapping[str, Any], url: str, *, key_prefix: str = "tapp"
+) -> dict[str, Any]:
+    """An app's own settings (its ``testing.ini``, read with
+    ``pyramid.paster.get_appsettings``) pointed at the test server ``url``: every server key
+    (``transient.url``, ``transient.db.*``, Sentinel, Cluster, TLS, the key prefix) is
+    replaced by :func:`test_settings`' databases of :data:`TEST_DBS`; every other key
+    (regions, ``sqlalchemy.url``, ``redis.sessions.secret``, ...) is kept."""
+    kept = {k: v for k, v in settings.items() if not _SERVER_KEYS.match(k)}
+    return {**kept, **test_settings(url, key_prefix=key_prefix)}
