@@ -48,3 +48,21 @@ def test_renamed_exceptions_keep_their_old_names_for_one_release_with_a_warning(
     import redis.exceptions
 
     assert not hasattr(pyramid.exceptions, new) and not hasattr(redis.exceptions, new)
+
+
+def test_no_module_imports_a_peer_of_the_benchmarks_extra() -> None:
+    # The peers are installed only with the benchmarks extra: an import of one in src/
+    # works in a developer's venv that has it and fails for every user (and in CI).
+    import pathlib
+    import re
+
+    peers = ("pyramid_session_redis", "redicts", "redis_schematics", "redis_om", "walrus",
+             "pottery", "redis_lock")  # fmt: skip
+    pattern = re.compile(rf"^\s*(?:from|import)\s+({'|'.join(peers)})\b", re.M)
+    root = pathlib.Path(pyramid_transient.__file__).parent
+    found = [
+        f"{path.relative_to(root)}: {match.group(0).strip()}"
+        for path in root.rglob("*.py")
+        for match in pattern.finditer(path.read_text())
+    ]
+    assert found == []

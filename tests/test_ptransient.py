@@ -583,6 +583,33 @@ def test_sessions_restored_under_another_prefix_still_load(
     transient_manager.get("sessions").delete(*transient_manager.get("sessions").keys("moved:*"))
 
 
+def test_show_and_restore_tell_a_session_of_another_secret(
+    tmp_path: Path, transient_settings: dict[str, Any], transient_manager: RedisManager
+) -> None:
+    # A session sealed with another secret (or tampered with) does not verify: show says
+    # so, and a restore under another prefix refuses to seal it again for its new key.
+    keys = fill_app(transient_manager, transient_settings)
+    other = write_ini(
+        tmp_path / "o.ini", transient_settings, **{"redis.sessions.secret": "another-secret"}
+    )
+    shown = run(other, "show", keys["session"], "--db", "sessions")
+    assert shown.status == 0, shown.err
+    assert "HMAC does NOT verify" in shown.out
+    backup = tmp_path / "b.jsonl"
+    assert run(other, "backup", "--capability", "sessions", str(backup)).status == 0
+    moved = write_ini(
+        tmp_path / "m.ini",
+        transient_settings,
+        **{"redis.sessions.secret": "another-secret", "transient.key_prefix": "moved2"},
+    )
+    result = run(
+        moved, "restore", "--from-prefix", transient_settings["transient.key_prefix"], str(backup)
+    )
+    assert result.status == 1, result.out + result.err
+    assert "does not verify" in result.out + result.err
+    assert transient_manager.get("sessions").keys("moved2:*") == []
+
+
 def test_a_name_moved_to_another_db_is_restored_where_it_maps_today(
     tmp_path: Path, transient_settings: dict[str, Any], transient_manager: RedisManager
 ) -> None:

@@ -186,18 +186,12 @@ def cmd_keys(ctx: _Context) -> int:
 def _session_checker(ctx: _Context) -> Callable[[bytes, str], bool] | None:
     if not ctx.settings.get("redis.sessions.secret"):
         return None
-    from pyramid_session_redis.exceptions import InvalidSession_DeserializationError
-
     from ..sessions import session_factory_from_settings
 
     factory = session_factory_from_settings(ctx.settings, ctx.manager)
 
     def verify(raw: bytes, key: str) -> bool:
-        try:
-            factory.unseal(key, raw)
-        except InvalidSession_DeserializationError:
-            return False
-        return True
+        return factory.unseal(key, raw) is not None
 
     return verify
 
@@ -328,8 +322,6 @@ def _rekey_sessions(ctx: _Context, header: dict[str, Any], outcome: fmt.Outcome)
         old_key = (head + ":" if head else "") + entry.rel.decode("utf-8", "replace")
         if old_key == new_key:
             return entry.raw
-        from pyramid_session_redis.exceptions import InvalidSession_DeserializationError
-
         data = json.loads(entry.raw)  # the whole line: entry.data may hold its head only
         enc = data.get("enc")
         if enc == "b64":
@@ -340,9 +332,8 @@ def _rekey_sessions(ctx: _Context, header: dict[str, Any], outcome: fmt.Outcome)
             raw = str(data["v"]).encode("utf-8")
         why = "no redis.sessions.secret in the ini to seal it again"
         if factory is not None:
-            try:
-                payload = factory.unseal(old_key, raw)
-            except InvalidSession_DeserializationError:
+            payload = factory.unseal(old_key, raw)
+            if payload is None:
                 why = "its HMAC does not verify with this ini's secret"
             else:
                 sealed = factory.seal(new_key, payload)
