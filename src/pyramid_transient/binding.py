@@ -52,9 +52,14 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     redis.exceptions.ClusterDownError,  # CLUSTERDOWN and MASTERDOWN
     redis.exceptions.TryAgainError,  # a slot being migrated
     redis.exceptions.ClusterError,  # the cluster client gave up after its redirections
-    # no node reachable, a slot no node covers (these are not even RedisErrors)
-    redis.exceptions.RedisClusterUnreachableError,
+    # a slot no node covers (not even a RedisError)
     redis.exceptions.SlotNotCoveredError,
+    # no node reachable: redis-py 8.1 and newer (older ones raise ClusterError, above)
+    *(
+        (redis.exceptions.RedisClusterUnreachableError,)
+        if hasattr(redis.exceptions, "RedisClusterUnreachableError")
+        else ()
+    ),
 )
 
 #: Reply prefixes that mean the same, for errors redis-py reports as plain ResponseError.
