@@ -4,7 +4,7 @@ A :class:`Binding` is where one capability's keys live (a client and a
 :class:`~pyramid_transient.keys.KeySpace`), resolved by :func:`bind` from whatever the
 user handed the capability: a :class:`~pyramid_transient.connection.RedisManager`, a
 Pyramid request or registry, a bare ``redis.Redis`` / ``RedisCluster``, or nothing (the
-running app's manager). It runs Lua scripts (``EVALSHA``, loading the script again on
+running app's manager). It runs Lua scripts (``EVALSHA``, sending the script whole on
 ``NOSCRIPT``) and pipelines, and translates what fails into the library's vocabulary
 (DESIGN section 7), here and nowhere else:
 
@@ -270,9 +270,11 @@ class Binding:
         client: Any = None,
     ) -> Any:
         """Run script ``name`` of ``scripts`` (one round trip: ``EVALSHA``, and the script
-        is loaded and sent again only if the server answers ``NOSCRIPT``, which means it did
-        not run). Errors are translated; the script's own errors (``redis.call`` failures,
-        ``error_reply``) leave as redis-py's ``ResponseError`` for the capability to read."""
+        is sent whole with ``EVAL`` only if the server answers ``NOSCRIPT``, which means it
+        did not run; on a Cluster only the node of its keys is involved, see
+        :mod:`~pyramid_transient.lua`). Errors are translated; the script's own errors
+        (``redis.call`` failures, ``error_reply``) leave as redis-py's ``ResponseError``
+        for the capability to read."""
         with Translating(self.name, keys[0] if len(keys) == 1 else None):
             target = self.client if client is None else client
             return scripts.on(target)[name](keys=keys, args=args, client=target)
