@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from pyramid_transient import RedisManager
 from pyramid_transient.binding import bind
-from pyramid_transient.exceptions import UnknownDatabase
+from pyramid_transient.exceptions import ReplicationTimeout, Unavailable, UnknownDatabase
 from pyramid_transient.lua import ScriptSet, load
 from pyramid_transient.safe import get_safe
 from pyramid_transient.testing import RedisClusterGroup, RedisServer, test_settings
@@ -168,6 +169,169 @@ def manager(cluster: ReplicatedCluster) -> Iterator[RedisManager]:
     )
     yield built
     built.close()
+
+
+def _failover_to_replica(cluster: ReplicatedCluster, key: str) -> RedisServer:
+    """A graceful ``CLUSTER FAILOVER`` of ``key``'s shard; the new master, once its old
+    master has become its replica again (so ``WAIT 1`` can succeed)."""
+    replica = cluster.replica_of(cluster.owner(key))
+    ask(replica.port, "CLUSTER", "FAILOVER")
+    cluster.wait_owner(key, replica)
+    cluster.wait_healthy()
+    return replica
+
+
+# ---------------------------------------------------------------------- item 2: the safe
+
+
+def test_safe_writes_with_wait_replicas_follow_a_graceful_failover(
+    cluster: ReplicatedCluster, manager: RedisManager, round_trips: Any
+) -> None:
+    safe = get_safe("tests.redirect.graceful", manager, wait_replicas=1)
+    safe["n"] = 0  # bound, scripts loaded, slot table read
+    new_master = _failover_to_replica(cluster, safe.key)
+
+    with round_trips() as rt:
+        safe["n"] = 1
+    # The old master answered MOVED (nothing ran); the table was corrected from the reply
+    # and the write sent once more, to the new master: two round trips, no refresh.
+    assert rt.commands == ["HSET WAIT", "HSET WAIT"]
+    with round_trips() as rt:
+        for i in range(2, 21):
+            safe["n"] = i
+        assert safe.pop("n") == 20
+        with safe.atomic() as s:
+            s["after"] = "failover"
+    # One round trip each, but the first call of each script on the new master: the
+    # scripts were loaded on the old one, so NOSCRIPT, then the script whole with its WAIT
+    # (EVAL, which caches it there). A blind atomic block reads nothing before its commit.
+    assert rt.commands[19:] == ["EVALSHA WAIT", "EVAL WAIT", "EVALSHA WAIT", "EVAL WAIT"]
+    assert rt.commands[:19] == ["HSET WAIT"] * 19
+    assert safe.snapshot() == {"after": "failover"}
+    assert redis.Redis(port=new_master.port).hkeys(safe.key) == [b"after"]
+
+
+def test_a_safe_script_with_wait_replicas_follows_a_graceful_failover(
+    cluster: ReplicatedCluster, manager: RedisManager, round_trips: Any
+) -> None:
+    safe = get_safe("tests.redirect.script", manager, wait_replicas=1)
+    safe.update(a=1, b=2)
+    _failover_to_replica(cluster, safe.key)
+    with round_trips() as rt:
+        assert safe.pop("a") == 1
+    assert [c.split()[0] for c in rt.commands] == ["EVALSHA", "EVALSHA", "EVAL"]
+    assert safe.snapshot() == {"b": 2}
+
+
+def test_a_stale_slot_entry_is_corrected_by_the_moved_reply(
+    cluster: ReplicatedCluster, manager: RedisManager, round_trips: Any
+) -> None:
+    safe = get_safe("tests.redirect.stale", manager, wait_replicas=1)
+    safe["a"] = 1
+    client: Any = manager.get("safe")
+    slot = client.keyslot(safe.key)
+    owner = client.get_node_from_key(safe.key)
+    other = next(n for n in client.get_primaries() if n.name != owner.name)
+    client.nodes_manager.slots_cache[slot] = [other]  # as after a resharding
+    with round_trips() as rt:
+        safe["a"] = 2
+        safe["a"] = 3
+    assert rt.commands == ["HSET WAIT", "HSET WAIT", "HSET WAIT"]
+    assert client.get_node_from_key(safe.key).name == owner.name
+    assert safe["a"] == 3
+
+
+def test_a_safe_write_with_wait_replicas_follows_ask_during_a_migration(
+    cluster: ReplicatedCluster, manager: RedisManager, round_trips: Any
+) -> None:
+    safe = get_safe("tests.redirect.ask", manager, wait_replicas=1)
+    assert safe.get("x") is None  # bound, nothing stored: the key is not on the source
+    client: Any = manager.get("safe")
+    slot = client.keyslot(safe.key)
+    source = cluster.owner(safe.key)
+    target = next(s for s in cluster.servers if s.process and s is not source)
+    if ask(target.port, "ROLE")[0] != "master":
+        target = next(
+            s for s in cluster.running() if ask(s.port, "ROLE")[0] == "master" and s is not source
+        )
+    src_id = ask(source.port, "CLUSTER", "MYID")
+    dst_id = ask(target.port, "CLUSTER", "MYID")
+    ask(target.port, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    ask(source.port, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+    try:
+        with round_trips() as rt:
+            safe["x"] = 1
+        assert rt.commands == ["HSET WAIT", "ASKING HSET WAIT"]
+        assert ask(target.port, "CLUSTER", "COUNTKEYSINSLOT", slot) == 1
+        assert ask(source.port, "CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+    finally:
+        plain = redis.Redis(port=target.port)
+        pipe = plain.pipeline(transaction=False)
+        pipe.execute_command("ASKING")
+        pipe.delete(safe.key)
+        pipe.execute()
+        plain.close()
+        for server in (source, target):
+            ask(server.port, "CLUSTER", "SETSLOT", slot, "STABLE")
+
+
+def test_a_safe_with_wait_replicas_reaches_the_promoted_replica_of_a_killed_master(
+    cluster: ReplicatedCluster, manager: RedisManager, round_trips: Any
+) -> None:
+    safe = get_safe("tests.redirect.killed", manager, wait_replicas=1, wait_timeout=0.2)
+    safe["n"] = 0
+    master = cluster.owner(safe.key)
+    replica = cluster.replica_of(master)
+    master.kill()
+    try:
+        with pytest.raises(Unavailable):  # the shard has no master yet
+            safe["n"] = 1
+        cluster.wait_owner(safe.key, replica)
+        # The Cluster is whole again: the first write reaches the new master, sent once.
+        with round_trips() as rt, pytest.raises(ReplicationTimeout) as info:
+            safe["n"] = 2
+        # (Its replica is the killed master, down: the write is on the new master and
+        # WAIT says so. Run N+1 replicas per shard for wait_replicas = N.)
+        assert info.value.acknowledged == 0
+        assert [c for c in rt.commands if "HSET" in c] == ["HSET WAIT"]
+        assert redis.Redis(port=replica.port).hget(safe.key, "n") == b"2"
+    finally:
+        master.start()
+    cluster.wait_healthy()
+    # The old master is back as a replica of the new one (a replica that has just synced
+    # may take longer than 0.2 s to acknowledge its first write).
+    safe = get_safe("tests.redirect.killed", manager, wait_replicas=1, wait_timeout=5)
+    assert safe.key  # bound
+    with round_trips() as rt:
+        safe["n"] = 3
+    assert rt.commands == ["HSET WAIT"]
+    assert safe["n"] == 3
+
+
+def test_a_lost_reply_to_a_waiting_safe_write_is_not_resent(
+    cluster: ReplicatedCluster, manager: RedisManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    safe = get_safe("tests.redirect.lost", manager, wait_replicas=1)
+    safe["n"] = 0
+    from redis.connection import AbstractConnection
+
+    original = AbstractConnection.read_response
+    lost: list[int] = []
+
+    def lose_once(conn: AbstractConnection, *args: Any, **kwargs: Any) -> Any:
+        response = original(conn, *args, **kwargs)
+        if not lost:
+            lost.append(1)
+            conn.disconnect()
+            raise redis.ConnectionError("reply lost (injected by the test)")
+        return response
+
+    monkeypatch.setattr(AbstractConnection, "read_response", lose_once)
+    with pytest.raises(Unavailable):
+        safe.setdefault("once", "x")  # a script that ran: not sent again
+    monkeypatch.undo()
+    assert safe["once"] == "x"
+    assert lost == [1]
 
 
 # ---------------------------------------------------------------------- item 4: scripts
