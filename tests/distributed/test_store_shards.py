@@ -18,6 +18,7 @@ from pyramid_transient import RedisManager
 from pyramid_transient.exceptions import Unavailable
 from pyramid_transient.store import root, section
 from pyramid_transient.testing import RedisClusterGroup
+from pyramid_transient.testing._groups import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -52,12 +53,10 @@ def _marked_failed(port: int, by: list[int]) -> bool:
 def test_store_writes_on_healthy_shards_go_on_while_the_old_listings_shard_is_stopped(
     shards: RedisClusterGroup,
 ) -> None:
-    from pyramid_transient.testing._groups import wait_until
-
     with contextlib.closing(RedisManager.from_settings(shards.settings(key_prefix="tshard"))) as m:
         client = m.get("store")
         ks = m.keyspace("store")
-        # The app-wide listing of 1.x: every write added to it, on whichever shard owns it.
+        # The app-wide listing that earlier releases added to on every write: one shard.
         old_listing = ks.key("sections")
         down = client.get_node_from_key(old_listing).port
         healthy_ports = [p for _h, p in shards.nodes if p != down]
