@@ -20,7 +20,7 @@ Layout of one section ``S`` (``ks`` is the store's :class:`~pyramid_transient.ke
 ``ks.key("sections")`` (single server, Sentinel) or ``ks.tagged(T, "sections")`` (Cluster)
     SET of section names, which root operations read and ``set``/``add`` scripts add to:
     app-wide on a single server; on a Cluster, one per slot, ``T`` the slot's tag
-    (:func:`~pyramid_transient.store._binding.slot_tags`), so a write stays in its slot.
+    (the smallest decimal integer that hashes to that slot), so a write stays in its slot.
 
 A node path inside a section is its elements after the first, each followed by ``.``
 (``users.42.cart`` is ``"42.cart."`` in section ``users``; the section node itself is
