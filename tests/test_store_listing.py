@@ -11,12 +11,14 @@ to their slots' listings until it is gone.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pytest
 from redis.crc import key_slot
 
 from pyramid_transient.connection import RedisManager
+from pyramid_transient.exceptions import LockNotOwned
 from pyramid_transient.store import root, section
 from pyramid_transient.store._binding import bind_store, slot_tags
 
@@ -69,6 +71,22 @@ def test_a_refused_write_lists_nothing(transient_manager: RedisManager) -> None:
     with pytest.raises(TypeError):
         section("t", redis=transient_manager).set("x", object())  # refused before Redis
     assert b"t" not in client.smembers(listing)
+
+
+def test_a_write_refused_under_a_lost_lock_lists_nothing(
+    transient_manager: RedisManager,
+) -> None:
+    # a section that holds only a lock: its first write, under that lock once lost
+    doc = section("t", redis=transient_manager, timeout=0.05).get("doc")
+    doc.acquire()
+    time.sleep(0.08)
+    with pytest.raises(LockNotOwned):
+        doc.set("v", 1)
+    with pytest.raises(LockNotOwned):
+        doc.get("n").add(1)
+    listing = transient_manager.keyspace("store").key("sections")
+    assert not transient_manager.get("store").exists(listing)
+    assert root(redis=transient_manager).val() is None
 
 
 def test_a_section_listed_by_an_older_release_is_found(transient_manager: RedisManager) -> None:
