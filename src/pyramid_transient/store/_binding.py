@@ -329,35 +329,38 @@ class StoreBinding:
 
     def run_each(self, name: str, args: Callable[[str], list[Any]], names: list[str]) -> list[Any]:
         """Run a script on every section of ``names``: atomic per section, not across
-        sections (one pipeline on a single server; one call per section on a Cluster)."""
+        sections (one pipeline: one round trip on a single server, one per shard holding
+        some of the sections on a Cluster, whose pipeline sends each node its calls)."""
         if not names:
             return []
         with self.where.errors(script_errors=SCRIPT_ERRORS):
             client = self.client
-            if is_cluster(client):
-                return [
-                    split_reply(
-                        self.where.run(SCRIPTS, name, self.data_keys(s), args(s), client=client)
-                    )
-                    for s in names
-                ]
             script = self.script(name, client)
+            results: list[Any] = [None] * len(names)
+            todo = list(range(len(names)))
             for attempt in (1, 2):
                 pipe = client.pipeline(transaction=False)
-                for s in names:
-                    keys = self.data_keys(s)
-                    pipe.evalsha(script.sha, len(keys), *keys, *args(s))
-                results = pipe.execute(raise_on_error=False)
-                if attempt == 1 and any(
-                    isinstance(r, redis.exceptions.NoScriptError) for r in results
-                ):
-                    load_script(client, script, self.data_keys(names[0])[0])
-                    continue
-                for r in results:
-                    if isinstance(r, Exception):
-                        raise r
-                return [split_reply(r) for r in results]
-        raise AssertionError("unreachable")  # pragma: no cover
+                for i in todo:
+                    keys = self.data_keys(names[i])
+                    pipe.evalsha(script.sha, len(keys), *keys, *args(names[i]))
+                for i, r in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+                    results[i] = r
+                # NOSCRIPT: that call did not run. Load the script on the node of each such
+                # section (on a Cluster, only those nodes), then send just those calls again.
+                todo = [i for i in todo if isinstance(results[i], redis.exceptions.NoScriptError)]
+                if not todo or attempt == 2:
+                    break
+                loaded: set[str] = set()
+                for i in todo:
+                    key = self.data_keys(names[i])[0]
+                    node = client.get_node_from_key(key).name if is_cluster(client) else ""
+                    if node not in loaded:
+                        load_script(client, script, key)
+                        loaded.add(node)
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+            return [split_reply(r) for r in results]
 
 
 def bind_store(
