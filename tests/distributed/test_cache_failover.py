@@ -1,0 +1,155 @@
+"""Cache invalidations through a Sentinel failover whose replica lagged (issue 17, item 1).
+
+The replica is made to lose writes for real: it is stopped (SIGSTOP, so it cannot
+reconnect) and the master drops its replication link (``CLIENT KILL TYPE replica``), so a
+write made then reaches the master only; the master is then killed (SIGKILL) and the
+replica resumed, and the sentinels promote it without that write. Delaying the replica
+alone (SIGSTOP, ``DEBUG SLEEP``) loses nothing: the master's stream waits in the replica's
+socket buffer and is applied on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from dogpile.cache.api import NO_VALUE
+
+from pyramid_transient import RedisManager
+from pyramid_transient.cache import CacheKeyGenerator, make_regions
+from pyramid_transient.exceptions import ReplicationTimeout
+from pyramid_transient.invalidation import Identity, pending_invalidations, token_store
+from pyramid_transient.testing import SentinelGroup
+from pyramid_transient.testing._groups import ask, info_fields, wait_until
+
+pytestmark = pytest.mark.sentinel
+
+ARTICLE = Identity("r:article:1")
+
+
+@pytest.fixture
+def group(transient_sentinel: SentinelGroup) -> Iterator[SentinelGroup]:
+    yield transient_sentinel
+    # Bring the killed master back as a replica, for the next test of the run.
+    transient_sentinel.restore()
+
+
+def _manager(group: SentinelGroup, **settings: str) -> RedisManager:
+    group.restore()
+    group.flushall()
+    return RedisManager.from_settings(
+        group.settings(key_prefix="tfailover", **{"transient.socket_timeout": "0.5", **settings})
+    )
+
+
+def _replica_caught_up(group: SentinelGroup) -> None:
+    assert group.replica is not None
+    replica = group.replica.port
+
+    def caught_up() -> bool:
+        master = info_fields(ask(group.master_port, "INFO", "replication"))
+        mine = info_fields(ask(replica, "INFO", "replication"))
+        return mine.get("master_repl_offset") == master.get("master_repl_offset")
+
+    wait_until("the replica to catch up", caught_up, 10)
+
+
+@contextlib.contextmanager
+def _replica_cut_off(group: SentinelGroup) -> Iterator[None]:
+    """Writes made in the block reach the master only; after it the master is killed and
+    the replica, which never received them, is promoted."""
+    assert group.replica is not None and group.master is not None
+    replica_pid, master_pid = group.replica.pid, group.master.pid
+    assert replica_pid is not None and master_pid is not None
+    os.kill(replica_pid, signal.SIGSTOP)
+    try:
+        ask(group.master_port, "CLIENT", "KILL", "TYPE", "replica")
+        yield
+        os.kill(master_pid, signal.SIGKILL)  # before the replica may reconnect
+    finally:
+        os.kill(replica_pid, signal.SIGCONT)
+    group.kill_master()  # waits until the sentinels promoted the replica
+
+
+def _cached_page(manager: RedisManager) -> tuple[CacheKeyGenerator, Any, str]:
+    cache_key = CacheKeyGenerator(manager)
+    region = make_regions(manager)["default"]
+    key = cache_key("article", ARTICLE)
+    region.set(key, "old text")
+    return cache_key, region, key
+
+
+def _reachable(manager: RedisManager) -> None:
+    wait_until("the new master to answer", lambda: bool(manager.get("cache").ping()), 30)
+
+
+def test_without_wait_replicas_a_failover_loses_an_acknowledged_invalidation(
+    group: SentinelGroup,
+) -> None:
+    # The documented limit of the default (transient.cache.wait_replicas = 0), shown on
+    # real servers: the commit's DEL is acknowledged by the master, never reaches the
+    # replica, and the page cached under the old token is served after the failover.
+    manager = _manager(group)
+    try:
+        cache_key, region, old = _cached_page(manager)
+        _replica_caught_up(group)
+        with _replica_cut_off(group):
+            assert token_store(manager).invalidate([ARTICLE]) is True  # acknowledged
+        _reachable(manager)
+        assert cache_key("article", ARTICLE) == old
+        assert region.get(old) == "old text"  # stale
+    finally:
+        manager.close()
+
+
+def test_an_invalidation_the_replica_acknowledged_survives_the_failover(
+    group: SentinelGroup, round_trips: Any
+) -> None:
+    manager = _manager(group, **{"transient.cache.wait_replicas": "1"})
+    try:
+        cache_key, region, old = _cached_page(manager)
+        store = token_store(manager)
+        with round_trips() as rt:
+            assert store.invalidate([ARTICLE]) is True
+        assert rt.count == 1  # DEL, SET of the ack key and WAIT, one round trip
+        group.kill_master()
+        _reachable(manager)
+        new = cache_key("article", ARTICLE)
+        assert new != old
+        assert region.get(new) is NO_VALUE  # rebuilt from the database, not stale
+        assert pending_invalidations(manager) == 0
+    finally:
+        manager.close()
+
+
+def test_an_invalidation_the_replica_missed_is_reported_and_redone_on_the_new_master(
+    group: SentinelGroup, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = _manager(
+        group, **{"transient.cache.wait_replicas": "1", "transient.cache.wait_timeout": "0.2"}
+    )
+    try:
+        cache_key, region, old = _cached_page(manager)
+        _replica_caught_up(group)
+        store = token_store(manager)
+        with _replica_cut_off(group), caplog.at_level(logging.WARNING):
+            error = store.try_invalidate([ARTICLE])
+        assert isinstance(error, ReplicationTimeout)
+        assert (error.wanted, error.acknowledged) == (1, 0)
+        assert "only 0 of transient.cache.wait_replicas = 1 replicas" in caplog.text
+        assert pending_invalidations(manager) == 1  # unconfirmed, kept for retry
+        _reachable(manager)
+        # The background retry sends the DEL again, to the new master now.
+        wait_until(
+            "the retried invalidation to reach the new master",
+            lambda: cache_key("article", ARTICLE) != old,
+            40,
+        )
+        assert region.get(cache_key("article", ARTICLE)) is NO_VALUE
+    finally:
+        manager.close()
