@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..connection import RedisManager
+from ..exceptions import ReplicationTimeout
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,12 @@ MAX_BACKLOG = 100_000
 
 #: Seconds between background retries of failed invalidations (the last one repeats).
 RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+#: The same for unconfirmed invalidations (too few replicas acknowledged): they back off
+#: less, since a failover that lost one serves stale data until a retry reaches the new
+#: master. Each retry is one round trip (and deletes those tokens again: a cache miss on
+#: their rows), from the timer's thread, never a request's.
+UNCONFIRMED_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
 
 
 def delete(client: Any, keys: Sequence[str]) -> None:
@@ -45,13 +52,19 @@ class Backlog:
     """
 
     def __init__(
-        self, target: Any, name: str, resend: Callable[[Any, list[str]], None] | None = None
+        self,
+        target: Any,
+        name: str,
+        resend: Callable[[Any, list[str]], None] | None = None,
+        *,
+        unconfirmed: bool = False,
     ) -> None:
         self._target = weakref.ref(target)
         self._name = name
         #: How a retry sends the keys (``resend(client, keys)``, raising when it did not
         #: succeed); a plain ``DEL`` unless given (unconfirmed invalidations: DEL + WAIT).
         self.resend = resend or delete
+        self._unconfirmed = unconfirmed
         self._lock = threading.Lock()
         self._keys: dict[str, None] = {}  # ordered, for dropping the oldest first
         self._timer: threading.Timer | None = None
@@ -89,7 +102,8 @@ class Backlog:
         # Called with the lock held.
         if self._timer is not None or not self._keys:
             return
-        delay = RETRY_DELAYS[min(self._attempt, len(RETRY_DELAYS) - 1)]
+        delays = UNCONFIRMED_RETRY_DELAYS if self._unconfirmed else RETRY_DELAYS
+        delay = delays[min(self._attempt, len(delays) - 1)]
         self._attempt += 1
         timer = threading.Timer(delay, self._retry)
         timer.daemon = True
@@ -109,7 +123,10 @@ class Backlog:
             client = target.get(self._name) if isinstance(target, RedisManager) else target
             self.resend(client, keys)
         except Exception as exc:
-            log.warning("retrying %d token invalidations failed again: %s", len(keys), exc)
+            # Too few replicas again is expected for a while after a failover (the new
+            # master has one replica fewer): the first report was a WARNING already.
+            level = logging.INFO if isinstance(exc, ReplicationTimeout) else logging.WARNING
+            log.log(level, "retrying %d token invalidations failed again: %s", len(keys), exc)
             self.put_back(keys)
         else:
             self.succeeded()
@@ -156,7 +173,7 @@ def unconfirmed_of(target: Any, name: str, resend: Callable[[Any, list[str]], No
             per_name = _BACKLOGS.setdefault(target, {})
             backlog = per_name.get(key)
             if backlog is None:
-                backlog = per_name[key] = Backlog(target, name, resend)
+                backlog = per_name[key] = Backlog(target, name, resend, unconfirmed=True)
     backlog.resend = resend
     return backlog
 

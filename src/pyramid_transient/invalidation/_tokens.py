@@ -200,9 +200,9 @@ class TokenStore:
         retry (logged), with the next round trip on this :attr:`target` or by a background
         timer.
 
-        With :attr:`wait_replicas`, the ``DEL`` is followed in the same round trip by a
+        With ``wait_replicas``, the ``DEL`` is followed in the same round trip by a
         ``WAIT`` on the same connection. Fewer acknowledgements within
-        :attr:`wait_timeout` also return ``False`` (logged at WARNING): the tokens are
+        ``wait_timeout`` also return ``False`` (logged at WARNING): the tokens are
         deleted on the master, and the keys are kept *unconfirmed*: sent again, each time
         with a ``WAIT``, by a background timer and with the next invalidation on this
         :attr:`target`, until enough replicas acknowledge, so that one lost in a failover
