@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from pyramid_transient.cache import CacheKeyGenerator
 from pyramid_transient.connection import RedisManager
-from pyramid_transient.exceptions import ConfigurationError, ReplicationTimeout
+from pyramid_transient.exceptions import ConfigurationError, ReplicationTimeout, Unavailable
 from pyramid_transient.invalidation import (
     Identity,
     _backlog,
@@ -28,7 +28,7 @@ from pyramid_transient.invalidation import (
     token_store,
 )
 from pyramid_transient.settings import parse_settings
-from pyramid_transient.testing import RedisServer, test_settings
+from pyramid_transient.testing import RedisServer, free_port, test_settings
 from pyramid_transient.transactions import AfterCommitFailed
 
 ARTICLE = Identity("r:article:1")
@@ -195,9 +195,8 @@ def test_the_retry_waits_again_until_enough_replicas_acknowledge(
         manager.close()
 
 
-def test_a_commit_whose_invalidation_is_unconfirmed_announces_after_commit_failed(
-    unreplicated: RedisManager,
-) -> None:
+def _announced(manager: RedisManager) -> list[AfterCommitFailed]:
+    """The AfterCommitFailed events of one commit that invalidates through ``manager``."""
     table = Table("wait_items", MetaData(), Column("id", Integer, primary_key=True),
                   Column("name", String))  # fmt: skip
     engine = create_engine("sqlite://")
@@ -207,7 +206,7 @@ def test_a_commit_whose_invalidation_is_unconfirmed_announces_after_commit_faile
     config.add_subscriber(seen.append, AfterCommitFailed)
     config.commit()
     config.begin()
-    listener = register(Session, unreplicated)
+    listener = register(Session, manager)
     try:
         with Session(engine) as session:
             session.execute(insert(table).values(id=1, name="a"))
@@ -217,8 +216,29 @@ def test_a_commit_whose_invalidation_is_unconfirmed_announces_after_commit_faile
         listener.remove()
         config.end()
         engine.dispose()
+    return seen
+
+
+def test_a_commit_whose_invalidation_is_unconfirmed_announces_after_commit_failed(
+    unreplicated: RedisManager,
+) -> None:
+    seen = _announced(unreplicated)
     assert [e.what for e in seen] == ["invalidation of 1 cache tokens"]
     assert isinstance(seen[0].error, ReplicationTimeout)
+
+
+def test_a_commit_whose_invalidation_cannot_reach_redis_announces_after_commit_failed() -> None:
+    manager = RedisManager.from_settings(
+        test_settings(f"redis://127.0.0.1:{free_port()}", **{"transient.socket_timeout": "0.2"})
+    )
+    try:
+        seen = _announced(manager)
+        assert pending_invalidations(manager) == 1  # kept for retry, as before
+    finally:
+        forget_retries(manager)
+        manager.close()
+    assert [e.what for e in seen] == ["invalidation of 1 cache tokens"]
+    assert isinstance(seen[0].error, Unavailable)
 
 
 @pytest.mark.cluster

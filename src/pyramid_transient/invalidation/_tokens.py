@@ -228,11 +228,13 @@ class TokenStore:
         if not keys:
             return None
         try:
-            # the client too: a Cluster's is built on first use
-            if self.wait_replicas:
-                self._delete_waiting(self.client, keys)
-            else:
-                delete(self.client, keys)
+            # the client too: a Cluster's is built on first use; errors in the spine's
+            # vocabulary (Unavailable), as the AfterCommitFailed event carries them
+            with Translating(self.binding.name, keys[0]):
+                if self.wait_replicas:
+                    self._delete_waiting(self.client, keys)
+                else:
+                    delete(self.client, keys)
         except ReplicationTimeout as exc:
             log.warning(
                 "invalidated %d cache tokens on the master, but %s; kept for retry until "
