@@ -15,7 +15,7 @@ never received. Two ways to close it:
   pooled connection to a dead master is replaced silently inside redis-py's
   ``get_connection``, so no error tells the client to read the epoch again.
 
-Run: ``python benchmarks/bench_cache_failover.py`` (starts its own master and replica).
+Run: ``python benchmarks/run.py cache_failover`` (starts its own master and replica).
 """
 
 from __future__ import annotations
