@@ -139,7 +139,7 @@ def main() -> None:
 
         def waited_del() -> None:
             refill()
-            wait_store._delete_waiting(wait_client, tokens)
+            wait_store._resend()(wait_client, tokens)
 
         print(
             compare(

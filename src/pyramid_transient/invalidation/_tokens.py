@@ -7,7 +7,7 @@ import hashlib
 import logging
 import secrets
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any, cast
 
@@ -211,10 +211,10 @@ class TokenStore:
         return self.try_invalidate(identities) is None
 
     def try_invalidate(self, identities: Iterable[str]) -> BaseException | None:
-        """:meth:`invalidate`, returning what went wrong instead of ``False``: redis-py's
-        error when Redis could not be reached, or
-        :class:`~pyramid_transient.exceptions.ReplicationTimeout` when too few replicas
-        acknowledged; ``None`` when it succeeded. Never raises."""
+        """:meth:`invalidate`, returning what went wrong instead of ``False``:
+        :class:`~pyramid_transient.exceptions.Unavailable` when Redis could not be
+        reached, :class:`~pyramid_transient.exceptions.ReplicationTimeout` when too few
+        replicas acknowledged; ``None`` when it succeeded. Never raises."""
         keys = [self.key(i) for i in identities]
         waiting = waiting_in(self.target, self.binding.name)
         if waiting is not None:
@@ -232,7 +232,7 @@ class TokenStore:
             # vocabulary (Unavailable), as the AfterCommitFailed event carries them
             with Translating(self.binding.name, keys[0]):
                 if self.wait_replicas:
-                    self._delete_waiting(self.client, keys)
+                    self._resend()(self.client, keys)
                 else:
                     delete(self.client, keys)
         except ReplicationTimeout as exc:
@@ -267,8 +267,10 @@ class TokenStore:
             unconfirmed.succeeded()
         return None
 
-    def _unconfirmed(self) -> Any:
-        resend = functools.partial(
+    def _resend(self) -> Callable[[Any, list[str]], None]:
+        # DEL + WAIT as this store sends them: its invalidations, and the retries of
+        # those left unconfirmed.
+        return functools.partial(
             _delete_waiting,
             ack=self.key("ack"),
             replicas=self.wait_replicas,
@@ -276,18 +278,9 @@ class TokenStore:
             read_timeout=self._wait_read_timeout,
             database=self.binding.name,
         )
-        return unconfirmed_of(self.target, self.binding.name, resend)
 
-    def _delete_waiting(self, client: Any, keys: list[str]) -> None:
-        _delete_waiting(
-            client,
-            keys,
-            ack=self.key("ack"),
-            replicas=self.wait_replicas,
-            timeout=self.wait_timeout,
-            read_timeout=self._wait_read_timeout,
-            database=self.binding.name,
-        )
+    def _unconfirmed(self) -> Any:
+        return unconfirmed_of(self.target, self.binding.name, self._resend())
 
 
 def _delete_waiting(
