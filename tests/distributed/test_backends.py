@@ -17,6 +17,7 @@ Two rules hold in every test, on every backend:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import re
 import threading
@@ -228,6 +229,11 @@ def _views() -> dict[str, Callable[[Any], Any]]:
     def untouched(request: Any) -> Any:
         return {}
 
+    def relogin(request: Any) -> Any:
+        request.session.invalidate()  # the old session goes, a new one comes
+        request.session["value"] = "after"
+        return {}
+
     def flash_view(request: Any) -> Any:
         queued = flash(
             request,
@@ -255,6 +261,7 @@ def _views() -> dict[str, Callable[[Any], Any]]:
         "/invalidate": invalidate,
         "/rotate": rotate,
         "/untouched": untouched,
+        "/relogin": relogin,
         "/flash": flash_view,
         "/pop": pop,
         "/peek": peek,
@@ -295,6 +302,7 @@ class _Sessions(_Suite):
         assert rt.commands == ["SET"]
         (key,) = self.keys()
         self.one_per_shard(rt, [key], "sessions")
+        assert 1190 < self.b.client("sessions").ttl(key) <= 1200  # the default timeout
         assert self.app.get("/get").json == {"value": "first", "new": False}
 
     def test_an_unchanged_session_is_loaded_in_one_round_trip_and_not_written(
@@ -351,6 +359,30 @@ class _Sessions(_Suite):
                     self.b.server_of(old, "sessions"),
                     self.b.server_of(new, "sessions"),
                 ]
+
+    def test_a_new_session_in_place_of_the_old_is_one_round_trip_per_shard(
+        self, round_trips: RoundTripCounter
+    ) -> None:
+        self.app.get("/set", {"v": "before"})
+        for _ in range(12):
+            (old,) = self.keys()
+            with round_trips() as rt:
+                self.app.get("/relogin")
+            (new,) = self.keys()
+            assert new != old
+            assert self.app.get("/get").json == {"value": "after", "new": False}
+            # The load, then the delete and the write in one pipeline: one round trip to
+            # each server holding one of the keys.
+            assert rt.commands[0] == "GETEX"
+            servers = self.b.servers_of([old, new], "sessions")
+            saved = collections.Counter(rt.servers[1:])
+            assert saved == dict.fromkeys(servers, 1), (rt.commands, rt.servers)
+            if len(servers) == 2 or not self.b.cluster:
+                break  # on a Cluster, until the two keys were on two nodes
+        else:
+            pytest.fail("in 12 sessions, no two keys were on two nodes")
+        if not self.b.cluster:
+            assert rt.commands == ["GETEX", "DEL SET"]
 
     def test_flash_messages_come_back_by_kind_in_the_order_of_the_kinds(self) -> None:
         for kind, text in [("error", "e1"), ("info", "i1"), ("success", "s1"), ("info", "i2")]:
@@ -740,6 +772,16 @@ class _Locks(_Suite):
         assert not doc.is_locked()
         assert doc.val() == {"a": {"b": 1}, "n": 1}
 
+    def test_fencing_tokens_grow_and_an_expired_hold_frees_the_path(self) -> None:
+        import time
+
+        first = self.lock("s.doc", timeout=0.05)
+        token = first.acquire()
+        assert isinstance(self.other_owner("s.doc"), LockTimeout)
+        time.sleep(0.1)  # the hold expired without a release
+        later = self.other_owner("s.doc")
+        assert isinstance(later, int) and later > token
+
     def test_uncontended_acquire_and_release_are_one_round_trip_each(
         self, round_trips: RoundTripCounter
     ) -> None:
@@ -820,6 +862,29 @@ class _Models(_Suite):
         assert model.objects.delete_filter(kind="b") == 9
         assert model.objects.count() == 11
         assert model.objects.delete_all() == 11 and model.objects.count() == 0
+
+    def test_an_expired_object_is_gone_from_get_filter_and_count(self) -> None:
+        import time
+
+        from pyramid_transient.models import RedisModel
+
+        class Brief(RedisModel):
+            __layout__ = self.model.__layout__
+            __expire__ = 0.05
+            __indexes__ = ("n",)
+            id: int
+            n: int
+
+        Brief.objects.bind(self.b.manager)
+        try:
+            Brief(id=1, n=1).save()
+            assert Brief.objects.get(1).n == 1
+            time.sleep(0.1)
+            with pytest.raises(ObjectNotFound):
+                Brief.objects.get(1)
+            assert Brief.objects.filter(n=1) == [] and Brief.objects.count() == 0
+        finally:
+            Brief.objects.unbind()
 
     def test_each_operation_is_the_round_trips_of_design(
         self, round_trips: RoundTripCounter
@@ -1048,6 +1113,24 @@ class TestSessionsStandalone(_Sessions):
 @_SENTINEL
 class TestSessionsSentinel(_Sessions):
     backend = "sentinel"
+
+    def test_wait_replicas_saves_and_waits_in_one_round_trip(
+        self, round_trips: RoundTripCounter
+    ) -> None:
+        settings = {**self.b.settings, **SECRET, "transient.sessions.wait_replicas": "1"}
+        with Configurator(settings=settings) as config:
+            config.include("pyramid_transient.sessions")
+            views = _views()
+            for path in ("/set", "/get"):
+                config.add_route(path, path)
+                config.add_view(views[path], route_name=path, renderer="json")
+            wsgi = config.make_wsgi_app()
+        app = webtest.TestApp(wsgi)
+        get_manager(wsgi.registry).get("sessions").ping()
+        with round_trips() as rt:
+            app.get("/set", {"v": "replicated"})
+        assert rt.count == 1 and rt.commands[0].endswith("WAIT"), rt.commands
+        assert app.get("/get").json == {"value": "replicated", "new": False}
 
 
 @_CLUSTER
