@@ -36,7 +36,12 @@ from sqlalchemy import Integer, String, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from pyramid_transient.connection import RedisManager, get_manager
-from pyramid_transient.exceptions import ConflictError, LockTimeout, ObjectNotFound
+from pyramid_transient.exceptions import (
+    ConflictError,
+    LockTimeout,
+    MultipleFound,
+    ObjectNotFound,
+)
 from pyramid_transient.testing import RoundTripCounter, committing_testapp
 
 SECRET = {"redis.sessions.secret": "backends-secret"}
@@ -246,6 +251,15 @@ def _views() -> dict[str, Callable[[Any], Any]]:
             request.tm.doom()  # pyramid_tm aborts the transaction: no on_commit flash
         return {"queued": queued}
 
+    def page(request: Any) -> Any:
+        from pyramid_transient.cache import get_region
+        from pyramid_transient.invalidation import row_identity
+
+        row = row_identity("pages", int(request.params["id"]))
+        key = request.cache_key("page", row)
+        made = request.params["made"]
+        return {"key": key, "html": get_region(request).get_or_create(key, lambda: made)}
+
     def show(messages: list[Any]) -> list[list[str]]:
         return [[m.kind, m.text] for m in messages]
 
@@ -266,6 +280,7 @@ def _views() -> dict[str, Callable[[Any], Any]]:
         "/flash": flash_view,
         "/pop": pop,
         "/peek": peek,
+        "/page": page,
     }
 
 
@@ -518,6 +533,20 @@ class _CacheKeys(_Suite):
                 session.commit()
             assert rt.commands == ["DEL"]
             assert all(self.key(r) != k for r, k in zip(rows, before, strict=True))
+
+    def test_request_cache_key_and_the_default_region_in_an_app(self) -> None:
+        from pyramid_transient.invalidation import row_identity, token_store
+
+        with web_app(self.b.settings, everything=True) as app:
+            first = app.get("/page", {"id": 1, "made": "v1"}).json
+            assert app.get("/page", {"id": 1, "made": "v2"}).json == first
+            assert first["html"] == "v1"
+            other = app.get("/page", {"id": 2, "made": "two"}).json
+            assert other["key"] != first["key"] and other["html"] == "two"
+            token_store(self.b.manager).invalidate([row_identity("pages", 1)])
+            again = app.get("/page", {"id": 1, "made": "v3"}).json
+            assert again["key"] != first["key"] and again["html"] == "v3"
+            assert app.get("/page", {"id": 2, "made": "x"}).json == other
 
 
 class _Regions(_Suite):
@@ -871,6 +900,12 @@ class _Models(_Suite):
         assert sorted(g.id for g in model.objects.filter(n=1)) == [1, 6, 11, 16]
         assert sorted(g.id for g in model.objects.filter(kind="a", n__gte=3)) == [4, 8, 14, 18]
         assert len(model.objects.filter(id__gte=15)) == 5  # unindexed: over the class
+        assert sorted(g.id for g in model.objects.exclude(n__lte=3)) == [4, 9, 14, 19]
+        assert model.objects.match(id=6, kind="a").n == 1
+        with pytest.raises(MultipleFound):
+            model.objects.match(kind="a", n=1)  # ids 6 and 16
+        with pytest.raises(ObjectNotFound):
+            model.objects.match(id=6, kind="b")
         assert model.objects.count() == 20
         model(id=1, kind="a", n=4).save()  # moves in both indexes
         assert 1 not in {g.id for g in model.objects.filter(n=1)}
