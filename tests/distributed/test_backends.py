@@ -333,7 +333,7 @@ class _Sessions(_Suite):
         assert rt.commands == ["SET"]
         (key,) = self.keys()
         self.one_per_shard(rt, [key], "sessions")
-        assert 1190 < self.b.client("sessions").ttl(key) <= 1200  # the default timeout
+        assert 1100 < self.b.client("sessions").ttl(key) <= 1200  # the default timeout
         assert self.app.get("/get").json == {"value": "first", "new": False}
 
     def test_an_unchanged_session_is_loaded_in_one_round_trip_and_not_written(
@@ -681,10 +681,10 @@ class _Store(_Suite):
         sect = self.section()
         sect.set("doc", {"a": 1}, expire=100)
         ttl = sect.get("doc").time_to_live()
-        assert ttl is not None and 99 < ttl <= 100
+        assert ttl is not None and 90 < ttl <= 100
         assert sect.get("doc").expire(50) is True
         ttl = sect.get("doc").time_to_live()
-        assert ttl is not None and 49 < ttl <= 50
+        assert ttl is not None and 40 < ttl <= 50
         sect.set("other", 1)
         assert sect.get("other").time_to_live() == -1
         assert sect.get("nothing").time_to_live() is None
@@ -820,10 +820,12 @@ class _Locks(_Suite):
     def test_fencing_tokens_grow_and_an_expired_hold_frees_the_path(self) -> None:
         import time
 
-        first = self.lock("s.doc", timeout=0.05)
+        first = self.lock("s.doc", timeout=30)
         token = first.acquire()
         assert isinstance(self.other_owner("s.doc"), LockTimeout)
-        time.sleep(0.1)  # the hold expired without a release
+        first.extend(0.05, replace_ttl=True)  # 50 ms left
+        time.sleep(0.1)  # the hold expires without a release
+        assert not first.owned()
         later = self.other_owner("s.doc")
         assert isinstance(later, int) and later > token
 
@@ -921,7 +923,7 @@ class _Models(_Suite):
 
         class Brief(RedisModel):
             __layout__ = self.model.__layout__
-            __expire__ = 0.05
+            __expire__ = 0.3  # long enough to read it back on a loaded machine
             __indexes__ = ("n",)
             id: int
             n: int
@@ -930,7 +932,7 @@ class _Models(_Suite):
         try:
             Brief(id=1, n=1).save()
             assert Brief.objects.get(1).n == 1
-            time.sleep(0.1)
+            time.sleep(0.35)
             with pytest.raises(ObjectNotFound):
                 Brief.objects.get(1)
             assert Brief.objects.filter(n=1) == [] and Brief.objects.count() == 0
@@ -1101,7 +1103,7 @@ class _Backup(_Suite):
         assert f"restored {len(before)} keys" in restored.out
         assert comparable(snapshot(self.b.manager)) == before
         ttl = section("s1", redis=self.b.manager).get("v").time_to_live()
-        assert ttl is not None and 590 < ttl <= 600
+        assert ttl is not None and 500 < ttl <= 600
 
     def test_a_session_is_read_by_the_app_after_a_restore(self) -> None:
         with web_app(self.b.settings) as app:
