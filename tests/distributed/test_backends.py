@@ -613,6 +613,20 @@ class _Regions(_Suite):
         token_store(self.b.manager).invalidate([row])
         assert self.region.get_or_create_for(key, ["page", row], lambda: "v3") == "v3"
 
+    def test_get_or_create_multi_creates_only_the_missing(self) -> None:
+        self.region.set_multi({"k1": "cached"})
+        asked: list[tuple[str, ...]] = []
+
+        def creator(*keys: str) -> list[str]:
+            asked.append(keys)
+            return [f"made {k}" for k in keys]
+
+        keys = [f"k{i}" for i in range(6)]
+        values = self.region.get_or_create_multi(keys, creator)
+        assert values == ["made k0", "cached", *(f"made k{i}" for i in range(2, 6))]
+        assert asked == [("k0", "k2", "k3", "k4", "k5")]
+        assert self.region.get_or_create_multi(keys, creator) == values and len(asked) == 1
+
     def test_multi_key_work_is_one_round_trip_per_shard(
         self, round_trips: RoundTripCounter
     ) -> None:
@@ -916,6 +930,36 @@ class _Models(_Suite):
         assert model.objects.count() == 11
         assert model.objects.delete_all() == 11 and model.objects.count() == 0
 
+    def test_generated_ids_and_keys_of_several_fields(self) -> None:
+        from pyramid_transient.models import RedisModel
+
+        class Note(RedisModel):  # no id field: generated keys
+            __layout__ = self.model.__layout__
+            text: str
+
+        class Member(RedisModel):
+            __layout__ = self.model.__layout__
+            __unique_together__ = ("org", "login")
+            org: str
+            login: str
+            level: int = 0
+
+        for model in (Note, Member):
+            model.objects.bind(self.b.manager)
+        try:
+            notes = [Note(text=f"n{i}").save() for i in range(5)]
+            keys = {Note.objects.key_of(n) for n in notes}
+            assert len(keys) == 5 and Note.objects.count() == 5
+            assert sorted(n.text for n in Note.objects.all()) == [f"n{i}" for i in range(5)]
+            Member(org="a", login="x").save()
+            Member(org="a", login="x", level=2).save()  # the same key: replaced
+            Member(org="b", login="x").save()
+            assert Member.objects.count() == 2
+            assert Member.objects.match(org="a", login="x").level == 2
+        finally:
+            for model in (Note, Member):
+                model.objects.unbind()
+
     def test_an_expired_object_is_gone_from_get_filter_and_count(self) -> None:
         import time
 
@@ -992,8 +1036,21 @@ class _Safe(_Suite):
             safe["c"]
         assert safe.snapshot() == {"a": 2, "b": [1, "x"]}
         assert dict(safe.scan(count=1)) == {"a": 2, "b": [1, "x"]}
+        key, value = safe.popitem()
+        assert {key: value}.items() <= {"a": 2, "b": [1, "x"]}.items()
+        assert len(safe) == 1 and key not in safe
         safe.clear()
         assert safe.snapshot() == {}
+        with pytest.raises(KeyError):
+            safe.popitem()
+
+    def test_an_atomic_block_that_iterated_conflicts_with_any_new_key(self) -> None:
+        self.safe["a"] = 1
+        with pytest.raises(ConflictError), self.safe.atomic() as s:
+            total = len(s)
+            self.outside["new"] = 1
+            s["count"] = total
+        assert self.safe.snapshot() == {"a": 1, "new": 1}
 
     @pytest.mark.parametrize(
         "operation",
