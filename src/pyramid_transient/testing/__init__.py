@@ -32,7 +32,8 @@ Fixtures:
     a manager on a fresh ``memory://`` server of its own (the embedded fakeredis backend,
     for tests of that backend only).
 ``round_trips``
-    a :class:`RoundTripCounter`: ``with round_trips() as rt: ...; assert rt.count == 1``.
+    a :class:`RoundTripCounter`: ``with round_trips() as rt: ...; assert rt.count == 1``
+    (``rt.commands`` and ``rt.per_server()`` say what went where).
 ``transient_testapp``
     (per test) :func:`committing_testapp` over your own ``app`` fixture: each request
     commits, so invalidation, on-commit flashes and after-commit tasks happen.

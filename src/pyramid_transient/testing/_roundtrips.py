@@ -29,14 +29,16 @@ class RoundTripCounter:
         self.count = 0
         #: The command names of each round trip, e.g. ``"MULTI GET GET EXEC"``.
         self.commands: list[str] = []
+        #: The server of each round trip, ``"host:port"`` (a Unix socket's path): on a
+        #: Cluster, which node it went to.
+        self.servers: list[str] = []
 
     def __call__(self) -> RoundTripCounter:
         """Return a fresh counter for ``with round_trips() as rt:``."""
         return RoundTripCounter()
 
     def __enter__(self) -> RoundTripCounter:
-        self.count = 0
-        self.commands = []
+        self.reset()
         cls = type(self)
         with cls._lock:
             if not cls._active:
@@ -54,6 +56,15 @@ class RoundTripCounter:
     def reset(self) -> None:
         self.count = 0
         self.commands = []
+        self.servers = []
+
+    def per_server(self) -> dict[str, int]:
+        """Round trips by server (``"host:port"``), e.g. one per Cluster node that a
+        pipeline spread over several nodes reached."""
+        counts: dict[str, int] = {}
+        for server in self.servers:
+            counts[server] = counts.get(server, 0) + 1
+        return counts
 
     # The methods that perform a new connection's handshake, in redis-py 5 to 8.
     _HANDSHAKES = ("on_connect", "on_connect_check_health")
@@ -72,9 +83,11 @@ class RoundTripCounter:
         def send_packed_command(self: Any, command: Any, check_health: bool = True) -> Any:
             if not getattr(handshake, "on", False):
                 names = _command_names(command)
+                server = _server_of(self)
                 for counter in list(cls._active):
                     counter.count += 1
                     counter.commands.append(names)
+                    counter.servers.append(server)
             return original_send(self, command, check_health)
 
         def quiet(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -99,6 +112,13 @@ class RoundTripCounter:
             for name, original in cls._original_handshakes.items():
                 setattr(AbstractConnection, name, original)
             cls._original = None
+
+
+def _server_of(connection: Any) -> str:
+    path = getattr(connection, "path", None)
+    if path:
+        return str(path)
+    return f"{getattr(connection, 'host', '?')}:{getattr(connection, 'port', '?')}"
 
 
 def _command_names(packed: Any) -> str:
