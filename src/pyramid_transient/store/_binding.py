@@ -342,7 +342,9 @@ class StoreBinding:
                 pipe = client.pipeline(transaction=False)
                 for i in todo:
                     keys = self.data_keys(names[i])
-                    pipe.evalsha(script.sha, len(keys), *keys, *args(names[i]))
+                    # execute_command, not evalsha(): a cluster pipeline refuses evalsha()
+                    # before redis-py 8.2, and routes the command by its keys in every one
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args(names[i]))
                 for i, r in zip(todo, pipe.execute(raise_on_error=False), strict=True):
                     results[i] = r
                 # NOSCRIPT: that call did not run. Load the script on the node of each such
