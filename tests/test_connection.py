@@ -241,7 +241,7 @@ def test_timeouts_come_from_settings(transient_settings: dict[str, str]) -> None
     kwargs = manager.get().connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == 0.3
     assert kwargs["socket_connect_timeout"] == 0.2
-    assert kwargs["retry"].get_retries() == 0
+    assert kwargs["retry"]._retries == 0  # get_retries() is redis-py 5.1 and newer
 
 
 def test_round_trip_counter_ignores_the_handshake_of_a_new_connection(

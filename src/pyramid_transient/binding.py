@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from inspect import Parameter, signature
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -151,6 +152,25 @@ def guard(
 
 _DEFAULT_TIMEOUT: Any = object()
 
+# redis-py 5 asks get_connection() for a command's name (unused), 6 deprecates passing one
+_NAME_PARAM = signature(redis.ConnectionPool.get_connection).parameters.get("command_name")
+_CHECKOUT: tuple[str, ...] = (
+    ("_",) if _NAME_PARAM and _NAME_PARAM.default is Parameter.empty else ()
+)
+# read_response(timeout=) is redis-py 8.0 and newer; before, the socket's own timeout
+_READ_TAKES_TIMEOUT = "timeout" in signature(redis.Connection.read_response).parameters
+
+
+def _read_within(conn: Any, timeout: float | None) -> Any:
+    if _READ_TAKES_TIMEOUT:
+        return conn.read_response(timeout=timeout)
+    conn._sock.settimeout(timeout)
+    try:
+        return conn.read_response()
+    finally:
+        if conn._sock is not None:  # None once an error disconnected it
+            conn._sock.settimeout(conn.socket_timeout)
+
 
 def send_on_one_connection(
     client: Any,
@@ -182,7 +202,7 @@ def send_on_one_connection(
 
 def _connected(pool: Any) -> Any:
     """A connection of ``pool``, connected: an error here means nothing was sent."""
-    conn: Any = pool.get_connection()
+    conn: Any = pool.get_connection(*_CHECKOUT)
     try:
         conn.connect()  # a no-op when connected (the pool may hand out one that is not)
     except BaseException:
@@ -203,7 +223,7 @@ def _exchange(
         for i in range(len(commands)):
             try:
                 if i == len(commands) - 1 and read_timeout is not _DEFAULT_TIMEOUT:
-                    replies.append(conn.read_response(timeout=read_timeout))
+                    replies.append(_read_within(conn, read_timeout))
                 else:
                     replies.append(conn.read_response())
             except redis.ResponseError as exc:  # an error reply: returned in its place
@@ -299,7 +319,7 @@ def _send_on_cluster(
 
 def _send_raw(pool: Any, args: tuple[Any, ...], retry: bool) -> Any:
     for attempt in (0, 1):
-        conn: Any = pool.get_connection()
+        conn: Any = pool.get_connection(*_CHECKOUT)
         try:
             conn.send_packed_command(conn.pack_command(*args))
             return conn.read_response()

@@ -147,7 +147,8 @@ def _lean_possible(client: redis.Redis) -> bool:
         and client.connection is None  # not a single_connection_client
         and getattr(pool, "cache", None) is None  # no client-side caching
         and retry is not None
-        and retry.get_retries() == 0
+        # Retry.get_retries() is redis-py 5.1 and newer; 5.0 has only the attribute
+        and getattr(retry, "get_retries", lambda: retry._retries)() == 0
     )
 
 
@@ -525,6 +526,9 @@ class RedisManager:
                 )
             except RedisClusterException as exc:
                 raise _as_connection_error(exc) from exc
+            if hasattr(cluster, "cluster_error_retry_attempts"):
+                # redis-py 5 re-sends by this count, not by ``retry`` (6 folds it into retry)
+                cluster.cluster_error_retry_attempts = 0
             cluster.retry_idempotent = s.retry_idempotent
             self._cluster = cluster
         return cast(TransientRedisCluster, self._cluster)
@@ -589,7 +593,9 @@ class RedisManager:
                 self._cluster.close()
                 self._cluster = None
             if self._sentinel is not None:
-                self._sentinel.close()
+                # Sentinel.close() is redis-py 8.2 and newer: close its clients as it does
+                for client in self._sentinel.sentinels:
+                    client.close()
                 self._sentinel = None
 
 

@@ -111,7 +111,12 @@ def test_url_for_lists_every_sentinel_with_the_database(
     # Each URL leads to the master through the sentinel it names.
     for part in parts:
         with redis.Redis(host=part.hostname, port=part.port) as sentinel:
-            _, port = sentinel.sentinel_get_master_addr_by_name(transient_sentinel.service)
+            # the raw command: redis-py 6's sentinel_get_master_addr_by_name() on a plain
+            # client passes its parser an argument it does not take (fixed in 7.0)
+            reply = sentinel.execute_command(
+                "SENTINEL GET-MASTER-ADDR-BY-NAME", transient_sentinel.service
+            )
+            _, port = reply
         assert int(port) == transient_sentinel.master_port
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import IO, Any
 
-from ..binding import guard
+from ..binding import _CHECKOUT, guard
 from ..connection import RedisManager
 from ..exceptions import InvalidArgument
 from ..keys import glob_escape
@@ -299,6 +299,8 @@ def read_with_pipelines(source: Source, picked: Sequence[Picked]) -> list[str]:
         if kind == "hash" and isinstance(value, dict):
             value = [x for pair in value.items() for x in pair]
         elif kind == "zset":  # redis-py reads the scores as floats: repr() gives them back
+            if value and not isinstance(value[0], list | tuple):
+                value = list(zip(value[::2], value[1::2], strict=True))  # flat from older redis-py
             value = [x for m, score in value for x in (m, repr(float(score)).encode())]
         elif kind == "stream":
             info = _pairs(got[1])
@@ -681,7 +683,9 @@ class Restorer:
                 sha = self._sha(client)
                 pipe = client.pipeline(transaction=False)
                 for key, raw, _ in batch:
-                    pipe.evalsha(sha, 1, key, flag, raw)
+                    # execute_command, not pipe.evalsha(): redis-py before 8.2 blocks the
+                    # method on a cluster pipeline, though it routes the command by its key
+                    pipe.execute_command("EVALSHA", sha, 1, key, flag, raw)
                 replies = pipe.execute()
                 statuses = [
                     b"".join(r[0] if isinstance(r[0], bytes) else r[0].encode() for r in replies),
@@ -694,7 +698,7 @@ class Restorer:
                 held = self._conns.get(slot)
                 if held is None:
                     pool = client.connection_pool
-                    held = self._conns[slot] = (pool.get_connection(), pool)
+                    held = self._conns[slot] = (pool.get_connection(*_CHECKOUT), pool)
                 conn = held[0]
                 keys = [key for key, _, _ in batch]
                 conn.send_command("EVALSHA", sha, len(keys), *keys, flag,
