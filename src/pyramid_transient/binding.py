@@ -306,7 +306,12 @@ def _send_on_cluster(
             host = first.host or node.host  # an unknown endpoint: the node's own host
             if isinstance(first, redis.exceptions.MovedError):
                 first.host = host
-                client.nodes_manager.move_slot(first)
+                manager = client.nodes_manager
+                if hasattr(manager, "move_slot"):
+                    manager.move_slot(first)
+                else:  # redis-py 6 and older: recorded, then applied by a slot lookup
+                    manager.update_moved_exception(first)
+                    manager.get_node_from_slot(first.slot_id)
                 asking = None
             else:
                 asking = client.get_node(host, first.port) or make_node(host, first.port)

@@ -73,6 +73,9 @@ class CrossSlotGuard:
         self._undo: list[Callable[[], None]] = []
 
     def _watch(self, cls: type[BaseException]) -> None:
+        if "__init__" not in cls.__dict__:  # (redis-py before 8 defines none of its own)
+            setattr(cls, "__init__", Exception.__init__)  # noqa: B010
+            self._undo.append(lambda: delattr(cls, "__init__"))
         original = cls.__dict__["__init__"]
         guard = self
 
@@ -91,9 +94,6 @@ class CrossSlotGuard:
 
     def __enter__(self) -> CrossSlotGuard:
         self._watch(redis.RedisError)  # every error reply, parsed by any parser
-        if "__init__" not in RedisClusterException.__dict__:
-            setattr(RedisClusterException, "__init__", Exception.__init__)  # noqa: B010
-            self._undo.append(lambda: delattr(RedisClusterException, "__init__"))
         self._watch(RedisClusterException)  # refused by the client before sending
         return self
 
