@@ -347,19 +347,19 @@ class Scenario:
                 )
             return done
 
-        def cache(seq: int) -> list[Op]:
+        def cache(waited: bool, seq: int) -> list[Op]:
             # each identity invalidated once, its token created before the load began;
             # "cache" with transient.cache.wait_replicas when this version has it
             shard = self.shard_of("tokens")
-            done = []
-            for name, store, waited in (("cache", tokens, True), ("cache-nowait", plain, False)):
-                identity = self.identities[name][seq]
-                before = Op("cache-key", shard, identity, None, False, time.monotonic())
-                taken: list[str] = []
-                call(before, lambda i=identity, t=taken: t.append(keys("page", i)))
-                op = Op(name, shard, identity, taken[0], waited, time.monotonic())
-                done += [before, call(op, lambda s=store, i=identity: s.invalidate([i]))]
-            for tag in self.tags:  # region values on every shard (tokens aside)
+            done: list[Op] = []
+            name, store = ("cache", tokens) if waited else ("cache-nowait", plain)
+            identity = self.identities[name][seq]
+            before = Op("cache-key", shard, identity, None, False, time.monotonic())
+            taken: list[str] = []
+            call(before, lambda: taken.append(keys("page", identity)))
+            op = Op(name, shard, identity, taken[0], waited, time.monotonic())
+            done += [before, call(op, lambda: store.invalidate([identity]))]
+            for tag in self.tags if waited else ():  # region values on every shard
                 get = Op("cache-region", self.shard_of(tag), tag, seq, False, time.monotonic())
                 done.append(
                     call(get, lambda t=tag: region.set("{%s}:v" % t, seq) or True)  # noqa: UP031
@@ -398,7 +398,8 @@ class Scenario:
 
         load.run("sessions", functools.partial(sessions, "waiting"))
         load.run("sessions-nowait", functools.partial(sessions, "plain"))
-        load.run("cache", cache)
+        load.run("cache", functools.partial(cache, True))
+        load.run("cache-nowait", functools.partial(cache, False))
         load.run("safe", functools.partial(safe, True))
         load.run("safe-nowait", functools.partial(safe, False))
         load.run("store", store)
@@ -538,8 +539,10 @@ def make_scenario(
         "cache": [row_identity("fo_rows", i) for i in range(20_000)],
         "cache-nowait": [row_identity("fo_rows_nowait", i) for i in range(20_000)],
     }
-    # on master and replica before the lag
-    token_store(manager).tokens([*identities["cache"], *identities["cache-nowait"]])
+    # on master and replica before the lag (in slices: each is one script call)
+    every = [*identities["cache"], *identities["cache-nowait"]]
+    for start in range(0, len(every), 1000):
+        token_store(manager).tokens(every[start : start + 1000])
     return Scenario(manager, waiting, wsgi, shard_of, tags, models, identities)
 
 
