@@ -4,7 +4,7 @@ A :class:`Binding` is where one capability's keys live (a client and a
 :class:`~pyramid_transient.keys.KeySpace`), resolved by :func:`bind` from whatever the
 user handed the capability: a :class:`~pyramid_transient.connection.RedisManager`, a
 Pyramid request or registry, a bare ``redis.Redis`` / ``RedisCluster``, or nothing (the
-running app's manager). It runs Lua scripts (``EVALSHA``, loading the script again on
+running app's manager). It runs Lua scripts (``EVALSHA``, sending the script whole on
 ``NOSCRIPT``) and pipelines, and translates what fails into the library's vocabulary
 (DESIGN section 7), here and nowhere else:
 
@@ -166,12 +166,37 @@ def send_on_one_connection(
     For ``WAIT``, which must run on the connection that wrote and whose reply may take
     longer than the socket timeout: ``read_timeout`` is the read timeout of the last reply.
     Errors of the connection itself are raised as redis-py's; callers translate them.
+
+    On a Cluster the node comes from the cluster client's slot table, kept up to date as
+    the client itself does: a ``MOVED`` or ``ASK`` reply to the first command is followed
+    once (the command did not run); a connection error refreshes the table, and the
+    commands are sent once more only if the connection could not be made (nothing was
+    sent) and the refreshed table names another node. A connection error after the send
+    is raised: the server may have run the commands, which are never sent twice.
     """
-    node: Any = client
     if isinstance(client, RedisCluster):
-        node = client.get_redis_connection(node.get_node_from_key(key))
-    pool = node.connection_pool
+        return _send_on_cluster(client, key, commands, read_timeout)
+    pool = client.connection_pool
+    return _exchange(pool, _connected(pool), commands, read_timeout)
+
+
+def _connected(pool: Any) -> Any:
+    """A connection of ``pool``, connected: an error here means nothing was sent."""
     conn: Any = pool.get_connection()
+    try:
+        conn.connect()  # a no-op when connected (the pool may hand out one that is not)
+    except BaseException:
+        conn.disconnect()
+        pool.release(conn)
+        raise
+    return conn
+
+
+def _exchange(
+    pool: Any, conn: Any, commands: Sequence[tuple[Any, ...]], read_timeout: Any
+) -> list[Any]:
+    """Send ``commands`` on ``conn`` in one packed write, read every reply (error replies
+    in place), and give the connection back to ``pool``."""
     try:
         conn.send_packed_command(conn.pack_commands(commands))
         replies: list[Any] = []
@@ -189,6 +214,87 @@ def send_on_one_connection(
         raise
     finally:
         pool.release(conn)
+
+
+def _refresh_slots(client: Any) -> None:
+    """Ask the Cluster for its slot table again (after a connection error or CLUSTERDOWN:
+    a failover may have promoted a replica). A refresh that fails is logged; the caller's
+    own error says what happened."""
+    try:
+        client.nodes_manager.initialize()
+    except (RedisClusterException, redis.RedisError, OSError) as exc:
+        log.info("could not refresh the Redis Cluster's slot table: %s", exc)
+
+
+def _send_on_cluster(
+    client: Any, key: str, commands: Sequence[tuple[Any, ...]], read_timeout: Any
+) -> list[Any]:
+    """:func:`send_on_one_connection` on a Cluster: the node serving ``key`` by the cluster
+    client's slot table, and one more try when the first one certainly did not run there.
+
+    * ``MOVED`` to the first command (the slot has a new owner: a failover, resharding):
+      the command did not run. The slot table is corrected from the reply, as redis-py's
+      cluster client does, and the commands are sent once more, to the new owner.
+    * ``ASK`` (the slot is migrating and the key is on the target): the commands are sent
+      once more to the target, after ``ASKING``, in the same round trip; the table is
+      left alone (ASK is a one-time redirection).
+    * a connection error: the table is refreshed (``CLUSTER SLOTS``), so that the next
+      call reaches a promoted replica. The commands are sent again, once, only when the
+      connection could not be made (nothing was sent) and the refreshed table names
+      another node for the slot. After the send the server may have run them, and a
+      write is never sent twice: the error is raised.
+    * ``CLUSTERDOWN``: the table is refreshed; the reply is returned for the caller to
+      raise.
+
+    A second redirection is returned as a ``ClusterError`` in its place (the slot is moving
+    under us: the caller's translation makes it ``Unavailable``).
+    """
+    from redis.cluster import ClusterNode
+
+    make_node: Any = ClusterNode  # untyped in redis-py
+    asking: Any = None
+    for attempt in (0, 1):
+        node = asking if asking is not None else client.get_node_from_key(key)
+        pool = client.get_redis_connection(node).connection_pool
+        batch = [("ASKING",), *commands] if asking is not None else list(commands)
+        try:
+            conn = _connected(pool)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Nothing was sent: one more try cannot run anything twice. It is worth it
+            # only when the refreshed table names another node (a promoted replica).
+            _refresh_slots(client)
+            if attempt or asking is not None or client.get_node_from_key(key).name == node.name:
+                raise
+            log.info("Redis Cluster node %s: %s; the slot has a new owner", node.name, exc)
+            continue
+        try:
+            replies = _exchange(pool, conn, batch, read_timeout)
+        except (redis.ConnectionError, redis.TimeoutError):
+            # Sent: the server may have run it, so it is not sent again (a write would be
+            # applied twice). The refresh lets the next call reach a promoted replica.
+            _refresh_slots(client)
+            raise
+        if asking is not None:
+            replies = replies[1:]  # ASKING's +OK
+        first = replies[0] if replies else None
+        if isinstance(first, redis.exceptions.AskError):  # MOVED is an AskError too
+            if attempt:
+                replies[0] = redis.exceptions.ClusterError(
+                    f"the slot of {key!r} was redirected twice in a row ({first!r})"
+                )
+                return replies
+            host = first.host or node.host  # an unknown endpoint: the node's own host
+            if isinstance(first, redis.exceptions.MovedError):
+                first.host = host
+                client.nodes_manager.move_slot(first)
+                asking = None
+            else:
+                asking = client.get_node(host, first.port) or make_node(host, first.port)
+            continue
+        if isinstance(first, redis.exceptions.ClusterDownError):
+            _refresh_slots(client)
+        return replies
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _send_raw(pool: Any, args: tuple[Any, ...], retry: bool) -> Any:
@@ -270,9 +376,11 @@ class Binding:
         client: Any = None,
     ) -> Any:
         """Run script ``name`` of ``scripts`` (one round trip: ``EVALSHA``, and the script
-        is loaded and sent again only if the server answers ``NOSCRIPT``, which means it did
-        not run). Errors are translated; the script's own errors (``redis.call`` failures,
-        ``error_reply``) leave as redis-py's ``ResponseError`` for the capability to read."""
+        is sent whole with ``EVAL`` only if the server answers ``NOSCRIPT``, which means it
+        did not run; on a Cluster only the node of its keys is involved, see
+        :mod:`~pyramid_transient.lua`). Errors are translated; the script's own errors
+        (``redis.call`` failures, ``error_reply``) leave as redis-py's ``ResponseError``
+        for the capability to read."""
         with Translating(self.name, keys[0] if len(keys) == 1 else None):
             target = self.client if client is None else client
             return scripts.on(target)[name](keys=keys, args=args, client=target)

@@ -368,10 +368,16 @@ class RedisManager:
         )
 
     def db_number(self, name: str = "default") -> int:
-        """The database number behind ``name`` (always 0 on a Cluster)."""
+        """The database number behind ``name`` (always 0 on a Cluster).
+
+        Raises :class:`~pyramid_transient.exceptions.UnknownDatabase` for a name that is
+        neither configured nor one the capabilities use, on a Cluster too (where the name
+        is a key namespace): a typo fails the same way everywhere.
+        """
+        resolved = self.resolve(name)
         if self.mode == "cluster":
             return 0
-        return self.settings.databases[self.resolve(name)]
+        return self.settings.databases[resolved]
 
     def namespace(self, name: str = "default") -> str:
         """The key namespace of ``name``: the name on a Cluster (db 0 only), else empty."""

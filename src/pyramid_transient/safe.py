@@ -525,13 +525,13 @@ class Safe(MutableMapping[str, Any]):
         with t.errors():
             if not t.wait_replicas:
                 return script(keys=[t.key], args=args, client=client)
-            command = ("EVALSHA", script.sha, 1, t.key, *args)
             try:
-                return self._send_waiting(t, command)
+                return self._send_waiting(t, ("EVALSHA", script.sha, 1, t.key, *args))
             except redis.exceptions.NoScriptError:
-                # The script did not run, so sending it again cannot apply it twice.
-                t.client().script_load(script.script)
-                return self._send_waiting(t, command)
+                # The script did not run, so sending it again cannot apply it twice: whole,
+                # with EVAL (which caches it there), still with its WAIT in one round trip
+                # and on the key's node only (lua.py says why not SCRIPT LOAD).
+                return self._send_waiting(t, ("EVAL", script.script, 1, t.key, *args))
 
     def _send_waiting(self, t: _Target, command: tuple[Any, ...]) -> Any:
         wait_ms = max(1, int(t.wait_timeout * 1000))

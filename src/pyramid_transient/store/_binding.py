@@ -15,6 +15,7 @@ from redis.cluster import RedisCluster
 from ..binding import Binding, bind, translate
 from ..exceptions import CorruptData, LockNotOwned
 from ..keys import KeySpace
+from ..lua import load as load_script
 from ..settings import StoreSettings
 from ._paths import SEPARATOR
 from ._scripts import SCRIPTS, split_reply
@@ -197,7 +198,7 @@ class StoreBinding:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
                 listed, result = pipe.execute(raise_on_error=False)
                 if isinstance(result, redis.exceptions.NoScriptError) and attempt == 1:
-                    client.script_load(script.script)
+                    load_script(client, script, keys[0])
                     continue
                 if isinstance(result, Exception):
                     raise result
@@ -280,7 +281,7 @@ class StoreBinding:
                 if attempt == 1 and any(
                     isinstance(r, redis.exceptions.NoScriptError) for r in results
                 ):
-                    client.script_load(script.script)
+                    load_script(client, script, self.data_keys(names[0])[0])
                     continue
                 for r in results:
                     if isinstance(r, Exception):
