@@ -21,6 +21,7 @@ from pyramid_transient.codec import encode
 from pyramid_transient.connection import RedisManager
 from pyramid_transient.exceptions import CorruptData, LockTimeout
 from pyramid_transient.store import Proxy, root, section
+from pyramid_transient.store._binding import bind_store
 from test_store_locks import other_owner
 
 DOC = {"a": "hello", "b": 2}
@@ -451,17 +452,43 @@ def test_the_table_in_the_docs_is_this_table() -> None:
 def test_cluster_writes_go_on_beside_a_broken_section_listing(
     transient_cluster_manager: RedisManager, caplog: Any
 ) -> None:
+    # On a Cluster the listing a write adds to is its own slot's (in the same script)
     sect = section("s", redis=transient_cluster_manager)
     sect.set("doc", DOC)
-    key = transient_cluster_manager.keyspace("store").key("sections")
+    key = bind_store(transient_cluster_manager).listing("s")
     client = transient_cluster_manager.get("store")
+    assert client.keyslot(key) == client.keyslot(
+        transient_cluster_manager.keyspace("store").tagged("s", "data")
+    )
     client.delete(key)
     client.set(key, "planted by another program")
     with caplog.at_level(logging.WARNING):
         sect.set("doc.b", 3)
     assert sect.get("doc").val() == {"a": "hello", "b": 3}
-    assert key in caplog.text
+    assert len([r for r in caplog.records if key in r.getMessage()]) == 1
     with pytest.raises(CorruptData) as caught:
         root(redis=transient_cluster_manager).val()
+    assert caught.value.key == key
     assert caught.value.repair == f"DEL {key}"
     client.delete(key)
+    sect.set("doc.b", 4)  # listed again by its next write
+    assert root(redis=transient_cluster_manager).val() == {"s": {"doc": {"a": "hello", "b": 4}}}
+
+
+@pytest.mark.cluster
+def test_cluster_writes_never_touch_the_listing_of_older_releases(
+    transient_cluster_manager: RedisManager, caplog: Any
+) -> None:
+    sect = section("s", redis=transient_cluster_manager)
+    sect.set("doc", DOC)
+    old = transient_cluster_manager.keyspace("store").key("sections")
+    client = transient_cluster_manager.get("store")
+    client.set(old, "planted by another program")
+    with caplog.at_level(logging.WARNING):
+        sect.set("doc.b", 3)
+    assert caplog.records == []
+    with pytest.raises(CorruptData) as caught:  # root operations read it: they say so
+        root(redis=transient_cluster_manager).val()
+    assert caught.value.repair == f"DEL {old}"
+    client.delete(old)
+    assert root(redis=transient_cluster_manager).val() == {"s": {"doc": {"a": "hello", "b": 3}}}

@@ -17,6 +17,10 @@ Layout of one section ``S`` (``ks`` is the store's :class:`~pyramid_transient.ke
     ZSET, every score 0: the same paths, to find the expiries inside a subtree.
 ``ks.tagged(S, "locks")``, ``ks.tagged(S, "lockpaths")``, ``ks.tagged(S, "fences")``
     HASH of held tree locks, their lexicographic index, and the fencing counters.
+``ks.key("sections")`` (single server, Sentinel) or ``ks.tagged(T, "sections")`` (Cluster)
+    SET of section names, which root operations read and ``set``/``add`` scripts add to:
+    app-wide on a single server; on a Cluster, one per slot, ``T`` the slot's tag
+    (the smallest decimal integer that hashes to that slot), so a write stays in its slot.
 
 A node path inside a section is its elements after the first, each followed by ``.``
 (``users.42.cart`` is ``"42.cart."`` in section ``users``; the section node itself is

@@ -3,16 +3,19 @@ timing, and the one way its scripts are run (errors and repairs translated)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from ..binding import Binding, bind, translate
+from ..binding import Binding, bind, send_on_one_connection
 from ..exceptions import CorruptData, LockNotOwned
 from ..keys import KeySpace
 from ..lua import load as load_script
@@ -80,6 +83,40 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, RedisCluster)
 
 
+@functools.cache
+def slot_tags() -> tuple[str, ...]:
+    """The hash tag of each Cluster slot: for slot ``s``, the smallest decimal integer
+    whose CRC16 falls in ``s``, e.g. ``slot_tags()[0] == "3560"``.
+
+    A section's listing key on a Cluster carries the tag of the section's own slot, so the
+    section's write scripts can add to it. The table is part of the key layout: it never
+    changes (about 40 ms to compute, once per process, on first use on a Cluster).
+    """
+    tags: list[str | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+    left, n = REDIS_CLUSTER_HASH_SLOTS, 0
+    while left:
+        text = str(n)
+        slot = key_slot(text.encode())
+        if tags[slot] is None:
+            tags[slot] = text
+            left -= 1
+        n += 1
+    return tuple(t for t in tags if t is not None)
+
+
+@functools.lru_cache(maxsize=16)
+def _slot_listings(base: str) -> tuple[str, ...]:
+    # Every per-slot listing key below ``base``, in slot order (built here, not through
+    # KeySpace.tagged, whose small cache of tags 16384 tags would flush for everyone).
+    return tuple(f"{base}:{{{tag}}}:sections" for tag in slot_tags())
+
+
+@functools.lru_cache(maxsize=16)
+def _listing_slots(base: str) -> tuple[int, ...]:
+    # The slot of each of them: its index, unless ``base`` has a hash tag of its own.
+    return tuple(key_slot(k.encode("utf-8")) for k in _slot_listings(base))
+
+
 def _lock_lost() -> Exception:
     return LockNotOwned(
         "the lock this proxy held has expired or was taken by another owner; nothing was written"
@@ -130,8 +167,19 @@ class StoreBinding:
 
     @property
     def registry(self) -> str:
-        """The app-wide SET of section names that root operations read."""
+        """The app-wide SET of section names: the listing on a single server (and Sentinel),
+        and on a Cluster the listing that earlier releases wrote, read until it is empty."""
         return self.keyspace.key("sections")
+
+    def listing(self, section: str, client: Any = None) -> str:
+        """The SET that lists ``section`` for root operations, which its writes add to:
+        :attr:`registry` on a single server; on a Cluster, one listing per slot, in the
+        section's own slot (tagged with :func:`slot_tags`), so a write touches no other
+        shard and no key is written by every write of the app."""
+        if not is_cluster(self.client if client is None else client):
+            return self.registry
+        slot = key_slot(self.keyspace.tagged(section, "data").encode("utf-8"))
+        return _slot_listings(self.keyspace.base)[slot]
 
     def lock_errors(
         self, section: str, node: str, path: str
@@ -177,68 +225,41 @@ class StoreBinding:
             return split_reply(self.where.run(SCRIPTS, name, keys, args))
 
     def run_registered(self, section: str, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Run a script that may create ``section``, listing the section for root reads.
-
-        On a single server both go in one pipeline: one round trip. The listing is never
-        removed (a few bytes per section name ever used), so it can never miss a section.
-        """
-        with self.where.errors(script_errors=SCRIPT_ERRORS):
-            client = self.client
-            if is_cluster(client):  # the listing is on another slot: its own call
-                try:
-                    with self.where.errors(self.registry):
-                        client.sadd(self.registry, section)
-                except CorruptData as problem:
-                    self._listing_broken(problem)
-                return split_reply(self.where.run(SCRIPTS, name, keys, args, client=client))
-            script = self.script(name, client)
-            for attempt in (1, 2):
-                pipe = client.pipeline(transaction=False)
-                pipe.sadd(self.registry, section)
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-                listed, result = pipe.execute(raise_on_error=False)
-                if isinstance(result, redis.exceptions.NoScriptError) and attempt == 1:
-                    load_script(client, script, keys[0])
-                    continue
-                if isinstance(result, Exception):
-                    raise result
-                self._check_listed(listed)
-                return split_reply(result)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _check_listed(self, listed: Any) -> None:
-        if isinstance(listed, Exception):
-            problem = translate(listed, self.database, self.registry)
-            if problem is None:
-                raise listed
-            if not isinstance(problem, CorruptData):
-                raise problem from listed
-            self._listing_broken(problem)
-
-    def _listing_broken(self, problem: CorruptData) -> None:
-        # The section's own write goes on; only root operations suffer from a broken
-        # listing, and they raise CorruptData naming it. Say so here too, once per write.
-        log.warning(
-            "%s; root operations cannot list sections (repair: DEL %s)", problem, self.registry
-        )
+        """Run a write script that may create ``section`` (``set``, ``add``): the script
+        also adds the section to its :meth:`listing`, given as its last key, in the same
+        call (one round trip, one slot on a Cluster). The listing is never pruned (a few
+        bytes per section name ever used), so root operations can never miss a section."""
+        client = self.client
+        return self.run(name, [*keys, self.listing(section, client)], [*args, section])
 
     def sections(self) -> list[str]:
-        """The names of the sections (one round trip). A member that is not a section
-        name (not UTF-8, empty, with a dot: another program's) is skipped, logged and
-        removed; a listing of the wrong type raises CorruptData naming the repair."""
+        """The names of the sections: one round trip on a single server, one per primary
+        on a Cluster (all the slots' listings). A member that is not a section name (not
+        UTF-8, empty, with a dot: another program's) is skipped, logged and removed; a
+        listing of the wrong type raises CorruptData naming the repair."""
+        client = self.client
+        if is_cluster(client):
+            return self._cluster_sections(client)
         key = self.registry
+        with self._listing_read(key), self.where.errors(key):
+            raw = client.smembers(key)
+        return self._names(client, key, raw)
+
+    @contextlib.contextmanager
+    def _listing_read(self, key: str) -> Iterator[None]:
         try:
-            with self.where.errors(key):
-                raw = self.client.smembers(key)
+            yield
         except CorruptData as exc:
             raise CorruptData(
-                f"store key {key!r} holds another type than a set, so root operations cannot "
-                "list the sections (after the repair each section is listed again by its "
-                "next set() or add())",
+                f"store key {key!r} holds another type than a set, so root operations "
+                "cannot list the sections (after the repair each section is listed again "
+                "by its next set() or add())",
                 key=key,
                 database=self.database,
                 repair=f"DEL {key}",
             ) from exc
+
+    def _names(self, client: Any, key: str, raw: Any) -> list[str]:
         names, bad = [], []
         for member in raw:
             try:
@@ -254,8 +275,57 @@ class StoreBinding:
                 "removing %d corrupt section names %r from store key %s", len(bad), bad, key
             )
             with self.where.errors(key):
-                self.client.srem(key, *bad)
+                client.srem(key, *bad)
         return names
+
+    def _cluster_sections(self, client: Any) -> list[str]:
+        # Every slot's listing, read with one pipeline per primary (the slots it serves),
+        # plus the app-wide listing of older releases, whose names are moved to their
+        # slots' listings on the way (after which it is gone).
+        old = self.registry
+        base = self.keyspace.base
+        by_node: dict[str, list[str]] = {}
+        with self.where.errors():
+            by_slot = client.nodes_manager.get_node_from_slot
+            for key, slot in zip(_slot_listings(base), _listing_slots(base), strict=True):
+                by_node.setdefault(by_slot(slot).name, []).append(key)
+            by_node.setdefault(client.get_node_from_key(old).name, []).append(old)
+        found: dict[str, Any] = {}
+        for keys in by_node.values():
+            with self.where.errors():
+                replies = send_on_one_connection(client, keys[0], [("SMEMBERS", k) for k in keys])
+            for key, reply in zip(keys, replies, strict=True):
+                if isinstance(reply, redis.exceptions.MovedError | redis.exceptions.AskError):
+                    # a slot moved since the client's table was read: the cluster client
+                    # follows the redirection (and refreshes its table)
+                    with self._listing_read(key), self.where.errors(key):
+                        reply = client.smembers(key)
+                elif isinstance(reply, Exception):
+                    with self._listing_read(key), self.where.errors(key):
+                        raise reply
+                if reply:
+                    found[key] = reply
+        names: set[str] = set()
+        for key, raw in found.items():
+            if key != old:
+                names.update(self._names(client, key, raw))
+        if old in found:
+            self._migrate(client, old, found[old], names)
+        return sorted(names)
+
+    def _migrate(self, client: Any, old: str, raw: Any, names: set[str]) -> None:
+        moved = [n for n in self._names(client, old, raw) if n not in names]
+        with self.where.errors():
+            if moved:
+                pipe = client.pipeline()
+                for name in moved:
+                    pipe.sadd(self.listing(name, client), name)
+                pipe.execute()
+            # Only the members read: a name added meanwhile (by an older release still
+            # running) stays, for the next root operation to move.
+            client.srem(old, *raw)
+        names.update(moved)
+        log.info("moved %d section names from store key %s to their slots", len(moved), old)
 
     def run_each(self, name: str, args: Callable[[str], list[Any]], names: list[str]) -> list[Any]:
         """Run a script on every section of ``names``: atomic per section, not across

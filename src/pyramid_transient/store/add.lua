@@ -1,13 +1,15 @@
 -- Add a number to a leaf (created from nothing as the number itself).
--- KEYS: data, paths, expiry, expiring, locks (data.lua)
+-- KEYS: data, paths, expiry, expiring, locks, listing (data.lua)
 -- ARGV[1] node path, ARGV[2] 'i' (int) or 'f' (float), ARGV[3] the number as text,
--- ARGV[4] guard flag, ARGV[5] guard lock path, ARGV[6] guard owner
+-- ARGV[4] guard flag, ARGV[5] guard lock path, ARGV[6] guard owner, ARGV[7] the
+-- section's name (for the listing)
 -- Returns reply(new encoded value); errors NOTNUM (not a number), RANGE (int64
 -- overflow), LOCKLOST.
 check_keys(true)
 local now = now_ms()
 purge(now)
 if not guard(ARGV[4], ARGV[5], ARGV[6], now) then return redis.error_reply('LOCKLOST') end
+list_section(ARGV[7])
 local p, form, n = ARGV[1], ARGV[2], ARGV[3]
 local cur = redis.call('HGET', H, p)
 if not cur then

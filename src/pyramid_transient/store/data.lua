@@ -1,7 +1,10 @@
 -- Helpers of the data scripts (after the prelude). Every data script is called with
 --   KEYS[1] data HASH, KEYS[2] paths ZSET, KEYS[3] expiry ZSET, KEYS[4] expiring ZSET,
 --   KEYS[5] locks HASH (only read, by writes made under a lock)
--- all tagged with the section, so they share one Cluster slot.
+-- all tagged with the section, so they share one Cluster slot; and the writes that may
+-- create the section (set, add) take
+--   KEYS[6] the listing SET of section names that root operations read: the app-wide one
+--   on a single server, on a Cluster the one of the section's slot (a key of that slot)
 -- ARGV: the script's own (see each file).
 
 local H, Z, XT, XL, L = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -158,6 +161,17 @@ local function guard(flag, gpath, owner, now)
   if not v then return false end
   local o, c, d = parse_lock(v)
   return o == owner and d > now
+end
+
+-- list section name in KEYS[6] (a no-op once listed: nothing is replicated then); a
+-- listing of another type is left as it is, for root operations to report (emptying it
+-- would hide the other sections it lists), and the write goes on
+local function list_section(name)
+  local r = redis.pcall('SADD', KEYS[6], name)
+  if type(r) == 'table' and r.err then
+    note('store key ' .. KEYS[6] .. ' holds another type than a set: root operations '
+      .. 'cannot list sections (repair: DEL ' .. KEYS[6] .. ')')
+  end
 end
 
 local function remove_ancestor_leaves(p)
