@@ -657,6 +657,14 @@ def includeme(config: Any) -> None:
     ``transient.cache.sqlalchemy_session`` names a session."""
     include_manager(config)
     manager = get_manager(config.registry)
+    wait = manager.settings.cache.wait_replicas
+    if wait and manager.settings.mode == "memory":
+        raise ConfigurationError(
+            f"transient.cache.wait_replicas is {wait!r}, but the memory:// backend has no "
+            "replicas; set it to 0 or point transient.url at a Redis server that has replicas",
+            key="transient.cache.wait_replicas",
+            value=wait,
+        )
     if config.registry.queryUtility(_IRegions) is None:
         config.registry.registerUtility(_Regions(make_regions(manager)), _IRegions)
     # A generator per request, on one token store built here.

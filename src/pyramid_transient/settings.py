@@ -82,6 +82,11 @@ class CacheSettings:
     region_expiration: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     #: Seconds after which a region's dogpile lock expires if its holder died.
     lock_timeout: int = 30
+    #: Replicas each commit's invalidation waits for (Redis ``WAIT``), so that a failover
+    #: cannot lose it; 0 waits for none.
+    wait_replicas: int = 0
+    #: Seconds to wait for those replicas before the invalidation counts as unconfirmed.
+    wait_timeout: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -430,6 +435,8 @@ SETTINGS: dict[str, Setting] = {
         _row("cache.regions", words, "cache:regions"),
         _row("cache.expiration", integer(1), "cache:expiration"),
         _row("cache.lock_timeout", integer(1), "cache:lock_timeout"),
+        _row("cache.wait_replicas", integer(0), "cache:wait_replicas"),
+        _row("cache.wait_timeout", number(0, allow_zero=False), "cache:wait_timeout"),
         _row("store.lock_acquire_timeout", number(0), "store:lock_acquire_timeout"),
         _row(
             "store.lock_expire_timeout", number(0, allow_zero=False), "store:lock_expire_timeout"

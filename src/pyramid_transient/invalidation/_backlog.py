@@ -1,14 +1,23 @@
-"""The retry backlog: token keys whose invalidation failed, kept per target and retried."""
+"""The retry backlog: token keys whose invalidation failed, kept per target and retried.
+
+Two kinds per target and database: invalidations that did not reach Redis (retried by the
+next token read, in its round trip, and by a timer), and, with
+``transient.cache.wait_replicas``, invalidations applied on the master that too few
+replicas acknowledged (*unconfirmed*: sent again, each time with a ``WAIT``, by the timer
+and with the next invalidation, until enough replicas acknowledge; a read must not consume
+them, since its ``DEL`` would be as unconfirmed as the first).
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..connection import RedisManager
+from ..exceptions import ReplicationTimeout
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +27,12 @@ MAX_BACKLOG = 100_000
 
 #: Seconds between background retries of failed invalidations (the last one repeats).
 RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+#: The same for unconfirmed invalidations (too few replicas acknowledged): they back off
+#: less, since a failover that lost one serves stale data until a retry reaches the new
+#: master. Each retry is one round trip (and deletes those tokens again: a cache miss on
+#: their rows), from the timer's thread, never a request's.
+UNCONFIRMED_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
 
 
 def delete(client: Any, keys: Sequence[str]) -> None:
@@ -36,9 +51,20 @@ class Backlog:
     build its client, a Cluster's, still keeps the work), else its bare client.
     """
 
-    def __init__(self, target: Any, name: str) -> None:
+    def __init__(
+        self,
+        target: Any,
+        name: str,
+        resend: Callable[[Any, list[str]], None] | None = None,
+        *,
+        unconfirmed: bool = False,
+    ) -> None:
         self._target = weakref.ref(target)
         self._name = name
+        #: How a retry sends the keys (``resend(client, keys)``, raising when it did not
+        #: succeed); a plain ``DEL`` unless given (unconfirmed invalidations: DEL + WAIT).
+        self.resend = resend or delete
+        self._unconfirmed = unconfirmed
         self._lock = threading.Lock()
         self._keys: dict[str, None] = {}  # ordered, for dropping the oldest first
         self._timer: threading.Timer | None = None
@@ -76,7 +102,8 @@ class Backlog:
         # Called with the lock held.
         if self._timer is not None or not self._keys:
             return
-        delay = RETRY_DELAYS[min(self._attempt, len(RETRY_DELAYS) - 1)]
+        delays = UNCONFIRMED_RETRY_DELAYS if self._unconfirmed else RETRY_DELAYS
+        delay = delays[min(self._attempt, len(delays) - 1)]
         self._attempt += 1
         timer = threading.Timer(delay, self._retry)
         timer.daemon = True
@@ -94,9 +121,12 @@ class Backlog:
             return
         try:
             client = target.get(self._name) if isinstance(target, RedisManager) else target
-            delete(client, keys)
+            self.resend(client, keys)
         except Exception as exc:
-            log.warning("retrying %d token invalidations failed again: %s", len(keys), exc)
+            # Too few replicas again is expected for a while after a failover (the new
+            # master has one replica fewer): the first report was a WARNING already.
+            level = logging.INFO if isinstance(exc, ReplicationTimeout) else logging.WARNING
+            log.log(level, "retrying %d token invalidations failed again: %s", len(keys), exc)
             self.put_back(keys)
         else:
             self.succeeded()
@@ -128,14 +158,41 @@ def backlog_of(target: Any, name: str = "cache") -> Backlog:
     return backlog
 
 
+#: Suffix of the backlog name under which unconfirmed invalidations wait (no database name
+#: contains a space).
+_UNCONFIRMED = " unconfirmed"
+
+
+def unconfirmed_of(target: Any, name: str, resend: Callable[[Any, list[str]], None]) -> Backlog:
+    """The backlog of invalidations of ``target`` that too few replicas acknowledged,
+    retried with ``resend`` (the latest store's, which carries its ``WAIT``)."""
+    key = name + _UNCONFIRMED
+    backlog = _BACKLOGS.get(target, {}).get(key)
+    if backlog is None:
+        with _BACKLOGS_LOCK:
+            per_name = _BACKLOGS.setdefault(target, {})
+            backlog = per_name.get(key)
+            if backlog is None:
+                backlog = per_name[key] = Backlog(target, name, resend, unconfirmed=True)
+    backlog.resend = resend
+    return backlog
+
+
 def waiting_in(target: Any, name: str) -> Backlog | None:
     # The backlog of target, if it holds anything (no lock: a hint, taken under its lock).
     backlog = _BACKLOGS.get(target, {}).get(name)
     return backlog if backlog is not None and len(backlog) else None
 
 
+def unconfirmed_in(target: Any, name: str) -> Backlog | None:
+    # The unconfirmed backlog of target, if it holds anything (a hint, as waiting_in).
+    return waiting_in(target, name + _UNCONFIRMED)
+
+
 def pending_invalidations(redis: Any) -> int:
-    """How many token invalidations wait for a retry (for monitoring, tests).
+    """How many token invalidations wait for a retry (for monitoring, tests): those that
+    did not reach Redis, and those too few replicas acknowledged
+    (``transient.cache.wait_replicas``).
 
     Give what the invalidations go to: the ``RedisManager`` of a store or listener bound
     to a manager (or to the running app), the ``redis.Redis`` of one bound to a client.

@@ -255,9 +255,16 @@ class InvalidationListener:
         if not pending or transaction.nested:
             return
         try:
-            self.store().invalidate(pending)
+            error = self.store().try_invalidate(pending)
         except Exception:  # the database has committed: log, never raise into the app
             log.exception("could not invalidate %d cache tokens after a commit", len(pending))
+            return
+        if error is not None:
+            # Logged and kept for retry by the store; announced, as other work after the
+            # commit is, for an app that tells the user or monitors it.
+            from ..transactions import _announce
+
+            _announce(f"invalidation of {len(pending)} cache tokens", error)
 
     def after_transaction_end(self, session: Any, transaction: Any) -> None:
         """Whatever a transaction still holds when it ends was not committed: drop it."""

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import secrets
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any, cast
 
 import redis
 
-from ..binding import Translating
+from ..binding import Translating, send_on_one_connection
 from ..connection import Binding, bind
-from ..exceptions import InvalidArgument
+from ..exceptions import InvalidArgument, ReplicationTimeout
 from ..keys import KeySpace
 from ..lua import ScriptSet
-from ._backlog import backlog_of, delete, waiting_in
+from ._backlog import backlog_of, delete, unconfirmed_in, unconfirmed_of, waiting_in
 from ._identities import identities_of
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,10 @@ class TokenStore:
     (so a forked worker gets its own connections); ``keyspace`` the
     :class:`~pyramid_transient.keys.KeySpace` of the tokens (by default the binding's, or
     ``KeySpace("", "token")`` for a client). :func:`token_store` builds one for an app.
+
+    ``wait_replicas`` (``transient.cache.wait_replicas``) makes every invalidation wait,
+    in its round trip, until that many replicas acknowledged it (Redis ``WAIT``, at most
+    ``wait_timeout`` seconds), so that a failover cannot lose it; see :meth:`invalidate`.
     """
 
     def __init__(
@@ -77,6 +82,9 @@ class TokenStore:
         keyspace: KeySpace | None = None,
         *,
         ttl: int = DEFAULT_TOKEN_TTL,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
+        socket_timeout: float | None = None,
     ) -> None:
         if isinstance(client, Binding):
             self.binding = client
@@ -86,6 +94,13 @@ class TokenStore:
         self.keyspace = keyspace or self.binding.keyspace
         #: Seconds a new token lives.
         self.ttl = ttl
+        #: Replicas an invalidation waits for; 0 for none.
+        self.wait_replicas = wait_replicas
+        #: Seconds an invalidation waits for them.
+        self.wait_timeout = wait_timeout
+        # WAIT answers at wait_timeout, which the server notices on its timer (every 100 ms
+        # at hz 10): its reply may come later than the socket timeout allows for others.
+        self._wait_read_timeout = wait_timeout + max(socket_timeout or 0, 0.5)
         self._tag = "{" + TOKEN_TAG + "}"
         self._base = self.keyspace.base
 
@@ -184,15 +199,54 @@ class TokenStore:
         Returns ``False`` when Redis could not be reached: the keys are then kept for a
         retry (logged), with the next round trip on this :attr:`target` or by a background
         timer.
+
+        With ``wait_replicas``, the ``DEL`` is followed in the same round trip by a
+        ``WAIT`` on the same connection. Fewer acknowledgements within
+        ``wait_timeout`` also return ``False`` (logged at WARNING): the tokens are
+        deleted on the master, and the keys are kept *unconfirmed*: sent again, each time
+        with a ``WAIT``, by a background timer and with the next invalidation on this
+        :attr:`target`, until enough replicas acknowledge, so that one lost in a failover
+        is deleted again on the new master. Token reads leave them alone.
         """
+        return self.try_invalidate(identities) is None
+
+    def try_invalidate(self, identities: Iterable[str]) -> BaseException | None:
+        """:meth:`invalidate`, returning what went wrong instead of ``False``:
+        :class:`~pyramid_transient.exceptions.Unavailable` when Redis could not be
+        reached, :class:`~pyramid_transient.exceptions.ReplicationTimeout` when too few
+        replicas acknowledged; ``None`` when it succeeded. Never raises."""
         keys = [self.key(i) for i in identities]
         waiting = waiting_in(self.target, self.binding.name)
         if waiting is not None:
             keys = list(dict.fromkeys([*waiting.take(), *keys]))
+        unconfirmed = unconfirmed_in(self.target, self.binding.name)
+        if unconfirmed is not None and self.wait_replicas:
+            # Sent again with this one and its WAIT: after a failover that lost them, the
+            # app's next commit deletes them on the new master, without waiting for the
+            # timer.
+            keys = list(dict.fromkeys([*unconfirmed.take(), *keys]))
         if not keys:
-            return True
+            return None
         try:
-            delete(self.client, keys)  # the client too: a Cluster's is built on first use
+            # the client too: a Cluster's is built on first use; errors in the spine's
+            # vocabulary (Unavailable), as the AfterCommitFailed event carries them
+            with Translating(self.binding.name, keys[0]):
+                if self.wait_replicas:
+                    self._resend()(self.client, keys)
+                else:
+                    delete(self.client, keys)
+        except ReplicationTimeout as exc:
+            log.warning(
+                "invalidated %d cache tokens on the master, but %s; kept for retry until "
+                "they do (a failover before that would serve data cached under the old "
+                "tokens, until the retry reaches the new master)",
+                len(keys),
+                exc,
+            )
+            self._unconfirmed().put_back(keys)
+            if waiting is not None:
+                waiting.succeeded()
+            return exc
         except Exception as exc:
             log.warning(
                 "could not invalidate %d cache tokens (kept for retry; staleness is bounded "
@@ -202,10 +256,71 @@ class TokenStore:
                 exc,
             )
             backlog_of(self.target, self.binding.name).put_back(keys)
-            return False
+            if self.wait_replicas:
+                # The DEL may have been applied, unconfirmed: the timer retries it with
+                # its WAIT (a read only deletes the tokens again, without one).
+                self._unconfirmed().put_back(keys)
+            return exc
         if waiting is not None:
             waiting.succeeded()
-        return True
+        if unconfirmed is not None and self.wait_replicas:
+            unconfirmed.succeeded()
+        return None
+
+    def _resend(self) -> Callable[[Any, list[str]], None]:
+        # DEL + WAIT as this store sends them: its invalidations, and the retries of
+        # those left unconfirmed.
+        return functools.partial(
+            _delete_waiting,
+            ack=self.key("ack"),
+            replicas=self.wait_replicas,
+            timeout=self.wait_timeout,
+            read_timeout=self._wait_read_timeout,
+            database=self.binding.name,
+        )
+
+    def _unconfirmed(self) -> Any:
+        return unconfirmed_of(self.target, self.binding.name, self._resend())
+
+
+def _delete_waiting(
+    client: Any,
+    keys: list[str],
+    *,
+    ack: str,
+    replicas: int,
+    timeout: float,
+    read_timeout: float,
+    database: str,
+) -> None:
+    """``DEL`` the token keys, then ``WAIT`` for ``replicas`` on the same connection, in
+    one round trip; raise :class:`ReplicationTimeout` when fewer acknowledge.
+
+    A ``SET`` of the short-lived ``ack`` key goes between them: a ``DEL`` that deletes
+    nothing is not replicated and would leave ``WAIT`` counting replicas up to the
+    connection's earlier write only, while the invalidation it repeats (a retry, or a
+    commit after another's) may not have reached them yet. The ``SET`` always is, so
+    ``WAIT`` counts the replicas that hold everything the master had when it ran.
+    """
+    wait_ms = max(1, int(timeout * 1000))
+    commands: list[tuple[Any, ...]] = [
+        ("DEL", *keys),
+        ("SET", ack, "1", "PX", 1000),
+        ("WAIT", replicas, wait_ms),
+    ]
+    with Translating(database, keys[0]):
+        replies = send_on_one_connection(client, keys[0], commands, read_timeout=read_timeout)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+    acknowledged = int(replies[-1])
+    if acknowledged < replicas:
+        raise ReplicationTimeout(
+            f"only {acknowledged} of transient.cache.wait_replicas = {replicas} replicas "
+            f"acknowledged it within transient.cache.wait_timeout = {timeout:g} s",
+            wanted=replicas,
+            acknowledged=acknowledged,
+        )
 
 
 def token_store(redis: Any, *, key_prefix: str = "", ttl: int | None = None) -> TokenStore:
@@ -220,7 +335,14 @@ def token_store(redis: Any, *, key_prefix: str = "", ttl: int | None = None) -> 
     """
     binding = bind(redis, "token", "cache")
     if binding.manager is not None:
-        return TokenStore(binding, ttl=ttl or binding.manager.settings.cache.token_ttl)
+        settings = binding.manager.settings
+        return TokenStore(
+            binding,
+            ttl=ttl or settings.cache.token_ttl,
+            wait_replicas=settings.cache.wait_replicas,
+            wait_timeout=settings.cache.wait_timeout,
+            socket_timeout=settings.socket_timeout,
+        )
     return TokenStore(binding, KeySpace(key_prefix, "token"), ttl=ttl or DEFAULT_TOKEN_TTL)
 
 
