@@ -608,7 +608,6 @@ def sentinel() -> Iterator[SentinelGroup]:
 
 
 @pytest.mark.sentinel
-@pytest.mark.xfail(reason="pending the cachefail branch: invalidations lost with the lag")
 def test_sentinel_master_killed_under_load_after_its_replica_lagged(
     sentinel: SentinelGroup,
 ) -> None:
@@ -681,7 +680,6 @@ def _tags_by_shard(client: Any, failing_port: int) -> tuple[list[str], Callable[
 
 
 @pytest.mark.cluster
-@pytest.mark.xfail(reason="pending clusterfix (NOSCRIPT) and storeshard (sections key)")
 def test_cluster_master_killed_under_load_after_its_replica_lagged(
     cluster: ReplicatedCluster,
 ) -> None:
