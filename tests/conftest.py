@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
 pytest_plugins = ["pyramid_transient.testing", "pytester"]
 
@@ -72,3 +74,30 @@ def fault_proxy() -> Iterator[Any]:
     yield start
     for proxy in started:
         proxy.stop()
+
+
+def _wait_for_replica(master: redis.Redis, replica: redis.Redis) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if (
+            replica.info("replication").get("master_link_status") == "up"
+            and master.info("replication").get("connected_slaves") == 1
+        ):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the replica did not connect within 10 s")
+
+
+@pytest.fixture(scope="module")
+def replicated() -> Iterator[tuple[Any, Any]]:
+    """A master and its replica of the module's own (for WAIT: safes, cache
+    invalidations), the replica connected."""
+    from pyramid_transient.testing import RedisServer  # (the plugin, imported by pytest)
+
+    master = RedisServer(args=["--repl-diskless-sync-delay", "0"])
+    with master, RedisServer(args=["--replicaof", "127.0.0.1", str(master.port)]) as replica:
+        m, r = redis.Redis(port=master.port), redis.Redis(port=replica.port)
+        _wait_for_replica(m, r)
+        m.close()
+        r.close()
+        yield master, replica

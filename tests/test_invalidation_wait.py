@@ -43,29 +43,6 @@ def forget_retries(manager: RedisManager) -> None:
         backlog.cancel()
 
 
-def _wait_for_replica(master: redis.Redis, replica: redis.Redis) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if (
-            replica.info("replication").get("master_link_status") == "up"
-            and master.info("replication").get("connected_slaves") == 1
-        ):
-            return
-        time.sleep(0.05)
-    raise AssertionError("the replica did not connect within 10 s")
-
-
-@pytest.fixture(scope="module")
-def replicated() -> Iterator[tuple[RedisServer, RedisServer]]:
-    master = RedisServer(args=["--repl-diskless-sync-delay", "0"])
-    with master, RedisServer(args=["--replicaof", "127.0.0.1", str(master.port)]) as replica:
-        m, r = redis.Redis(port=master.port), redis.Redis(port=replica.port)
-        _wait_for_replica(m, r)
-        m.close()
-        r.close()
-        yield master, replica
-
-
 @pytest.fixture
 def unreplicated(transient_settings: dict[str, Any]) -> Iterator[RedisManager]:
     """A manager on the shared server, which has no replica, waiting for one."""

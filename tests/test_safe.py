@@ -7,10 +7,9 @@ import gc
 import logging
 import multiprocessing
 import threading
-import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, MutableMapping
 from decimal import Decimal
 from typing import Any
 
@@ -779,29 +778,6 @@ def test_a_server_without_config_is_not_warned_about(caplog: pytest.LogCaptureFi
             assert safe["a"] == 1
         manager.close()
     assert [r.levelno for r in caplog.records if r.levelno >= logging.INFO] == []
-
-
-def _wait_for_replica(master: redis.Redis, replica: redis.Redis) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if (
-            replica.info("replication").get("master_link_status") == "up"
-            and master.info("replication").get("connected_slaves") == 1
-        ):
-            return
-        time.sleep(0.05)
-    raise AssertionError("the replica did not connect within 10 s")
-
-
-@pytest.fixture(scope="module")
-def replicated() -> Iterator[tuple[RedisServer, RedisServer]]:
-    master = RedisServer(args=["--repl-diskless-sync-delay", "0"])
-    with master, RedisServer(args=["--replicaof", "127.0.0.1", str(master.port)]) as replica:
-        m, r = redis.Redis(port=master.port), redis.Redis(port=replica.port)
-        _wait_for_replica(m, r)
-        m.close()
-        r.close()
-        yield master, replica
 
 
 def test_wait_replicas_makes_a_write_reach_the_replica_in_one_round_trip(
