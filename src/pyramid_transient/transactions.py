@@ -48,14 +48,17 @@ class AfterCommitFailed:
         #: could not be reached; the write may or may not have been applied).
         self.error = error
 
+    @classmethod
+    def announce(cls, what: str, error: BaseException) -> None:
+        """Notify the current registry's subscribers of the failure of ``what``
+        (deferred work here; a cache invalidation in :mod:`pyramid_transient.cache`).
+        A subscriber's own exception is logged, never raised: the commit is done."""
+        from pyramid.threadlocal import get_current_registry
 
-def _announce(what: str, error: BaseException) -> None:
-    from pyramid.threadlocal import get_current_registry
-
-    try:
-        get_current_registry().notify(AfterCommitFailed(what, error))
-    except Exception:  # a subscriber's own failure must not hide the others' work
-        log.exception("a subscriber to AfterCommitFailed for %s failed", what)
+        try:
+            get_current_registry().notify(cls(what, error))
+        except Exception:  # a subscriber's own failure must not hide the others' work
+            log.exception("a subscriber to AfterCommitFailed for %s failed", what)
 
 
 #: ``transaction`` orders resources by ``sortKey()``; zope.sqlalchemy's start with
@@ -124,7 +127,7 @@ class AfterCommit:
                     exc,
                     exc_info=True,
                 )
-                _announce(what, exc)
+                AfterCommitFailed.announce(what, exc)
 
     def tpc_abort(self, txn: Any) -> None:
         self.work.clear()

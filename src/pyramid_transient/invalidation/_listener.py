@@ -262,9 +262,9 @@ class InvalidationListener:
         if error is not None:
             # Logged and kept for retry by the store; announced, as other work after the
             # commit is, for an app that tells the user or monitors it.
-            from ..transactions import _announce
+            from ..transactions import AfterCommitFailed
 
-            _announce(f"invalidation of {len(pending)} cache tokens", error)
+            AfterCommitFailed.announce(f"invalidation of {len(pending)} cache tokens", error)
 
     def after_transaction_end(self, session: Any, transaction: Any) -> None:
         """Whatever a transaction still holds when it ends was not committed: drop it."""
