@@ -37,6 +37,20 @@ class Row(Base):
     name: Mapped[str] = mapped_column(String(20))
 
 
+def sqlite_rows(n: int) -> tuple[Any, list[Row]]:
+    """An in-memory SQLite engine holding rows 0 .. n-1, and those rows (detached)."""
+    engine = create_engine(
+        "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
+    )
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all(Row(id=i, name="x") for i in range(n))
+        session.commit()
+    with Session(engine, expire_on_commit=False) as session:
+        rows = session.query(Row).order_by(Row.id).all()
+    return engine, rows
+
+
 def alkey_style(client: redis.Redis, keys: list[str], ttl: int) -> list[bytes]:
     """One GET per instance; a missing token is created (SET NX) and read back."""
     tokens = []
@@ -71,15 +85,7 @@ def main() -> None:
         generator = CacheKeyGenerator(manager)
         script = client.register_script(TOKENS_SCRIPT)
 
-        engine = create_engine(
-            "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
-        )
-        Base.metadata.create_all(engine)
-        with Session(engine) as session:
-            session.add_all(Row(id=i, name="x") for i in range(100))
-            session.commit()
-        with Session(engine, expire_on_commit=False) as session:
-            rows = session.query(Row).order_by(Row.id).all()
+        engine, rows = sqlite_rows(100)
 
         print("## Cache keys over N instances (tokens exist; first creation is the same 1 RT)\n")
         for n in (1, 10, 100):

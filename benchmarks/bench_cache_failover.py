@@ -24,9 +24,8 @@ import time
 
 import redis
 from _runner import compare
-from sqlalchemy import Integer, String, create_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.pool import StaticPool
+from bench_cache import sqlite_rows, update_rows
+from sqlalchemy.orm import sessionmaker
 
 from pyramid_transient.connection import RedisManager
 from pyramid_transient.invalidation import TOKENS_SCRIPT, identities_of, register, token_store
@@ -48,23 +47,6 @@ for i = 1, #KEYS do
 end
 return redis.sha1hex(table.concat(tokens, ','))
 """
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Row(Base):
-    __tablename__ = "bench_failover_rows"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(20))
-
-
-def update_rows(factory: sessionmaker[Session], n: int, value: int) -> None:
-    with factory() as session:
-        for row in session.query(Row).filter(Row.id < n):
-            row.name = str(value)
-        session.commit()
 
 
 def _replica_up(master: RedisServer, replica: RedisServer) -> None:
@@ -94,15 +76,7 @@ def main() -> None:
         store = token_store(plain)
         epoch = client.register_script(EPOCH_SCRIPT)
 
-        engine = create_engine(
-            "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
-        )
-        Base.metadata.create_all(engine)
-        with Session(engine) as session:
-            session.add_all(Row(id=i, name="x") for i in range(100))
-            session.commit()
-        with Session(engine, expire_on_commit=False) as session:
-            rows = session.query(Row).order_by(Row.id).all()
+        engine, rows = sqlite_rows(100)
 
         print("## Reads: the token read of a cache key, today and with an epoch in it\n")
         print("Client and wire: ops/s of the raw calls (redis-py, no translation).\n")

@@ -34,13 +34,7 @@ from pyramid_transient.transactions import AfterCommitFailed
 ARTICLE = Identity("r:article:1")
 
 
-def forget_retries(manager: RedisManager) -> None:
-    """Drop the invalidations a test left for retry, and their timers (the retries would
-    otherwise go on, every 2 s for unconfirmed ones, after the test)."""
-    for backlog in _backlog._BACKLOGS.pop(manager, {}).values():
-        backlog._target = lambda: None  # a retry in flight now ends with its attempt
-        backlog.take()
-        backlog.cancel()
+forget_retries = _backlog.forget_retries
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ class Backlog:
         *,
         unconfirmed: bool = False,
     ) -> None:
-        self._target = weakref.ref(target)
+        self._target: Callable[[], Any] = weakref.ref(target)
         self._name = name
         #: How a retry sends the keys (``resend(client, keys)``, raising when it did not
         #: succeed); a plain ``DEL`` unless given (unconfirmed invalidations: DEL + WAIT).
@@ -138,6 +138,16 @@ class Backlog:
                 self._timer.cancel()
                 self._timer = None
 
+    def drop(self) -> None:
+        """Forget the keys and stop the timer; a retry in flight ends with its attempt."""
+        self._target = _gone
+        self.take()
+        self.cancel()
+
+
+def _gone() -> None:  # the target of a dropped backlog, as a dead weak reference answers
+    return None
+
 
 # target (manager or bare client) -> database name -> backlog. Module-level because the
 # work must outlive whatever failed to do it: token stores are made per use (token_store()
@@ -198,3 +208,14 @@ def pending_invalidations(redis: Any) -> int:
     to a manager (or to the running app), the ``redis.Redis`` of one bound to a client.
     """
     return sum(len(backlog) for backlog in _BACKLOGS.get(redis, {}).values())
+
+
+def forget_retries(target: Any) -> None:
+    """Drop the invalidations waiting for a retry for ``target`` (as
+    :func:`pending_invalidations` takes it), and stop their timers: for tests, which would
+    otherwise leave retries running (every 2 s for unconfirmed ones) after they end. A
+    retry in flight ends with its attempt."""
+    with _BACKLOGS_LOCK:
+        backlogs = _BACKLOGS.pop(target, {})
+    for backlog in backlogs.values():
+        backlog.drop()
