@@ -607,6 +607,29 @@ def sentinel() -> Iterator[SentinelGroup]:
         yield group
 
 
+def finish(
+    load: Any,
+    scenario: Any,
+    kind: str,
+    lag_at: float,
+    killed_at: float,
+    promoted_at: float,
+    healed_at: float,
+) -> tuple[Any, Any]:
+    """Let the load run on after the healing, stop it, settle the invalidations, report
+    the windows; the operations and the writes lost."""
+    time.sleep(AFTER)
+    ops = load.finish()
+    settle_invalidations(scenario)
+    lost = scenario.lost(ops)
+    report(
+        f"{kind}: promoted {promoted_at - killed_at:.2f} s after the kill, "
+        f"healed (old master back as replica) {healed_at - killed_at:.2f} s",
+        ops, lag_at, killed_at, lost,
+    )  # fmt: skip
+    return ops, lost
+
+
 @pytest.mark.sentinel
 def test_sentinel_master_killed_under_load_after_its_replica_lagged(
     sentinel: SentinelGroup,
@@ -635,15 +658,7 @@ def test_sentinel_master_killed_under_load_after_its_replica_lagged(
         promoted_at = time.monotonic()
         group.restore()
         healed_at = time.monotonic()
-        time.sleep(AFTER)
-        ops = load.finish()
-        settle_invalidations(scenario)
-        lost = scenario.lost(ops)
-        report(
-            f"Sentinel: promoted {promoted_at - killed_at:.2f} s after the kill, "
-            f"healed (old master back as replica) {healed_at - killed_at:.2f} s",
-            ops, lag_at, killed_at, lost,
-        )  # fmt: skip
+        ops, lost = finish(load, scenario, "Sentinel", lag_at, killed_at, promoted_at, healed_at)
         assert_outcome(scenario, ops, healed_at, lost)
 
 
@@ -717,15 +732,7 @@ def test_cluster_master_killed_under_load_after_its_replica_lagged(
             ask(server.port, "SCRIPT", "FLUSH")
         group.restore(new_master)
         healed_at = time.monotonic()
-        time.sleep(AFTER)
-        ops = load.finish()
-        settle_invalidations(scenario)
-        lost = scenario.lost(ops)
-        report(
-            f"Cluster: promoted {promoted_at - killed_at:.2f} s after the kill, "
-            f"healed (old master back as replica) {healed_at - killed_at:.2f} s",
-            ops, lag_at, killed_at, lost,
-        )  # fmt: skip
+        ops, lost = finish(load, scenario, "Cluster", lag_at, killed_at, promoted_at, healed_at)
         # Keys on the healthy shards never stop working, for any capability.
         failed = [op for op in ops if op.shard == "healthy" and not op.ok]
         assert not failed, sorted({(o.capability, o.error) for o in failed})[:10]
